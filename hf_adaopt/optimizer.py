@@ -1,0 +1,579 @@
+r"""AdaOpt: Adam's direction with a step size set in real time, so that no learning-rate search is needed.
+
+The step size of every tensor is the product of four numbers, each measured while training:
+
+.. math::
+    \Delta\theta_i = -\,s_t \cdot d_t \cdot \phi_i \cdot \frac{\hat m_i}{\sqrt{\hat v_i} + \epsilon}
+                     \;-\; s_t\, d_t\, \lambda\, \theta_i
+
+* :math:`\hat m, \hat v` -- Adam's bias-corrected EMAs of the gradient and of its square (Kingma & Ba, 2015).
+* :math:`s_t` -- the group's ``lr`` divided by the ``lr`` it was created with: a scheduler's multiplier.
+* :math:`\phi_i` -- **variance factor** (per tensor). From the same EMAs, the signal :math:`S = \|E g\|^2` and
+  the noise :math:`N = \operatorname{tr}\Sigma` of the mini-batch gradient; McCandlish et al. (2018) show the
+  best step shrinks as :math:`1/(1 + N/S)`, so :math:`\phi = (S/(S+N))^{p}`, floored.
+* :math:`d_t` -- **base scale**, one scalar for the optimizer. It starts at the user's ``lr`` and is moved
+  every step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
+  (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
+  previous step's direction, compare the directional derivative before the step,
+  :math:`a = g_{t-1}\cdot u_{t-1}`, with the one after it, :math:`b = g_t \cdot u_{t-1}`. On a quadratic the
+  best step along :math:`u` is :math:`1/(1-r)` times the one taken, :math:`r = b/a`; so
+  :math:`\mu_t = (1/(1-\bar r))^{\kappa}` with :math:`\bar r` the ratio of EMAs of :math:`b` and :math:`a`,
+  clamped so that one step grows :math:`d` at most :math:`2^\kappa` and shrinks it at most :math:`4^{-\kappa}`.
+  :math:`r \approx 1` (flat: the step is far too small) grows it; :math:`r<0` (overshoot) shrinks it.
+  In the noise-dominated phase this line search along a noisy direction anneals the step by itself.
+* **Loss guard**: when the training loss is supplied (``set_loss`` -- `AdaOptCallback` does it -- or a
+  closure), a loss more than ``loss_spike_threshold`` standard deviations above its running mean halves
+  :math:`d`.
+
+What it costs: Adam's two state tensors, plus the previous direction on a fixed 1/16 subsample of each large
+tensor (blocks of 16 elements out of every 256; small tensors are kept whole) -- about 8.25 bytes per fp32
+parameter against AdamW's 8 and Prodigy's 16. The directional derivatives, norms and the two EMAs' sums that
+feed the scalars are reduced on the device, stacked, (all-reduced once under ``torch.distributed``) and
+read with a single host sync per step.
+
+A step with a non-finite gradient (or statistic) changes nothing -- neither the parameters nor the state --
+and is counted in ``skipped_steps``.
+
+Where it applies: anywhere Adam(W) does. Where not: the first ``warmup_steps`` run at the given ``lr`` with
+the gate open, so a wildly wrong ``lr`` still costs those steps; the line search needs gradients that carry
+information from one step to the next (it is not meant for full-batch second-order problems).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["AdaOpt"]
+
+# Subsample for the directional derivatives: blocks of SUBSAMPLE_BLOCK contiguous elements out of every
+# SUBSAMPLE_PERIOD (contiguous blocks touch 1/16 of the cache lines; a plain stride of 16 floats would touch
+# all of them). Tensors of at most SMALL_TENSOR elements are used whole.
+SUBSAMPLE_BLOCK = 16
+SUBSAMPLE_PERIOD = 256
+SMALL_TENSOR = 4096
+
+# The secant ratio r is clamped to [SECANT_R_MIN, SECANT_R_MAX]: one step changes the base scale by at most
+# a factor 2**adapt_rate up (r = 1/2) and 4**-adapt_rate down (r = -3). Shrinking is allowed to be faster
+# than growing because overshooting costs more than undershooting.
+SECANT_R_MAX = 0.5
+SECANT_R_MIN = -3.0
+# The base scale never leaves this band, whatever the statistics say.
+MIN_BASE_SCALE = 1e-10
+MAX_BASE_SCALE = 10.0
+# EMA factor of the loss guard's running mean and variance.
+LOSS_EMA_BETA = 0.9
+# Multiplier applied to the base scale when the loss spikes.
+LOSS_SPIKE_BACKOFF = 0.5
+
+_GROUP_DIAGNOSTICS = ("effective_lr", "variance_factor", "landscape_factor", "base_scale")
+_CONTROLLER_DEFAULTS = {
+    "base_scale": None,  # d; None until the first step, then the group's initial lr
+    "landscape_factor": 1.0,  # last mu
+    "variance_factor": 1.0,  # numel-weighted mean phi of the last step
+    "effective_lr": None,  # s * d * mean phi of the last step
+    "secant_after": 0.0,  # EMA of b = g_t . u_{t-1} / |g_t|
+    "secant_before": 0.0,  # EMA of a = g_{t-1} . u_{t-1} / |g_{t-1}|
+    "prev_grad_norm": 0.0,
+    "loss_mean": 0.0,
+    "loss_var": 0.0,
+    "loss_count": 0,
+    "meta_step": 0,  # steps taken (skipped ones excluded)
+    "skipped_steps": 0,
+    "loss_spikes": 0,
+}
+
+
+class AdaOpt(Optimizer):
+    r"""Adam's direction with a step size adapted from gradient variance and the loss landscape.
+
+    Args:
+        params: parameters or param groups (dicts), as for any ``torch.optim.Optimizer``.
+        lr: initial step size. It is a first guess that matters only logarithmically -- the base scale
+            moves away from it within tens of steps -- and a multiplier afterwards: a scheduler that halves
+            ``group["lr"]`` halves the step, ``lr=0`` freezes the group. Default 1e-3.
+        betas: EMA factors of the gradient and its square, as in Adam.
+        eps: added to the denominator, as in Adam.
+        weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
+        adapt_rate: exponent kappa of the landscape factor; how fast the base scale follows the measured
+            curvature. Larger adapts faster and is noisier. This is the knob to turn, not ``lr``.
+        variance_power: exponent p of the variance factor; 0 turns the variance gate off.
+        min_variance_factor: floor of the variance factor, so a noise-dominated tensor still moves.
+        warmup_steps: steps during which the step size is held at ``lr`` and the gate open, while the EMAs
+            fill. Default ``round(1 / (1 - beta1))``.
+        loss_spike_threshold: standard deviations above the running mean of the training loss that count
+            as a spike (the base scale is halved). ``None`` disables the loss guard.
+        foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
+
+    Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
+    ``variance_factor``, ``landscape_factor`` and ``base_scale``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        adapt_rate: float = 0.1,
+        variance_power: float = 0.5,
+        min_variance_factor: float = 0.1,
+        warmup_steps: int | None = None,
+        loss_spike_threshold: float | None = 3.0,
+        foreach: bool | None = None,
+    ):
+        if isinstance(lr, Tensor):
+            raise TypeError(f"lr must be a Python float, got a Tensor: {lr!r}")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 < eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= adapt_rate <= 1.0:
+            raise ValueError(f"Invalid adapt_rate value: {adapt_rate} (expected 0 <= adapt_rate <= 1)")
+        if not 0.0 <= variance_power <= 1.0:
+            raise ValueError(f"Invalid variance_power value: {variance_power} (expected 0 <= p <= 1)")
+        if not 0.0 < min_variance_factor <= 1.0:
+            raise ValueError(f"Invalid min_variance_factor value: {min_variance_factor} (expected (0, 1])")
+        if warmup_steps is None:
+            warmup_steps = round(1.0 / (1.0 - betas[0]))
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(f"Invalid warmup_steps value: {warmup_steps!r} (expected an int >= 0)")
+        if loss_spike_threshold is not None and not loss_spike_threshold > 0.0:
+            raise ValueError(f"Invalid loss_spike_threshold value: {loss_spike_threshold} (expected > 0 or None)")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            adapt_rate=adapt_rate,
+            variance_power=variance_power,
+            min_variance_factor=min_variance_factor,
+            warmup_steps=warmup_steps,
+            loss_spike_threshold=loss_spike_threshold,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+        self._pending_loss: Tensor | float | None = None
+
+    # ----------------------------------------------------------------------------------------- groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["lr"] < 0.0:
+            raise ValueError(f"Invalid learning rate: {group['lr']}")
+        # The lr the group was created with: later values of group["lr"] are read relative to it.
+        group.setdefault("base_lr", group["lr"])
+        # The controller is shared by all groups; a group added later joins its current state.
+        source = self.param_groups[0] if len(self.param_groups) > 1 else {}
+        for key, value in _CONTROLLER_DEFAULTS.items():
+            group.setdefault(key, source.get(key, value))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_pending_loss", None)
+        for group in self.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group.setdefault("foreach", None)
+            for key, value in _CONTROLLER_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            shown = {k: v for k, v in group.items() if k != "params" and k not in _CONTROLLER_DEFAULTS}
+            n = sum(p.numel() for p in group["params"])
+            lines.append(f"Parameter Group {i} ({len(group['params'])} tensors, {n:,} elements)")
+            lines += [f"    {k}: {shown[k]}" for k in sorted(shown)]
+            if group["base_scale"] is not None:
+                lines.append(
+                    f"    adapted: effective_lr={group['effective_lr']:.3g}, base_scale={group['base_scale']:.3g}, "
+                    f"variance_factor={group['variance_factor']:.3g}, "
+                    f"landscape_factor={group['landscape_factor']:.3g}"
+                )
+        lines.append(")")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------------ public API
+    def set_loss(self, loss: Tensor | float | None) -> None:
+        """Give the optimizer this step's training loss (consumed by the next :meth:`step`).
+
+        A tensor is kept on its device (no host sync); it is read together with the step's other scalars.
+        """
+        if isinstance(loss, Tensor):
+            loss = loss.detach()
+            if loss.numel() != 1:
+                raise ValueError(f"set_loss expects a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+            loss = loss.reshape(())
+        elif loss is not None:
+            loss = float(loss)
+        self._pending_loss = loss
+
+    def diagnostics(self) -> dict[str, float]:
+        """What the last step did: effective lr, its factors and the counters (read, not recomputed)."""
+        group = self.param_groups[0]
+        d = group["base_scale"]
+        return {
+            "effective_lr": group["effective_lr"] if group["effective_lr"] is not None else group["lr"],
+            "variance_factor": group["variance_factor"],
+            "landscape_factor": group["landscape_factor"],
+            "base_scale": d if d is not None else group["base_lr"],
+            "skipped_steps": group["skipped_steps"],
+            "loss_spikes": group["loss_spikes"],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts floating state to the parameter's dtype; AdaOpt keeps fp32 state for bf16/fp16
+        # parameters, so put the saved full-precision values back after the base class is done.
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            if pid not in saved_state or p not in self.state:
+                continue
+            for key, value in saved_state[pid].items():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
+
+    # ------------------------------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        pending, self._pending_loss = self._pending_loss, None
+        if pending is None and isinstance(loss, Tensor) and loss.numel() == 1:
+            pending = loss.detach().reshape(())
+        elif pending is None and isinstance(loss, (int, float)):
+            pending = float(loss)
+
+        tensors = self._gather()
+        if not tensors["params"]:
+            return loss
+        foreach = self._use_foreach(tensors["params"]) and len(set(tensors["betas"])) == 1
+        stats_fn, apply_fn = (_multi_tensor_stats, _multi_tensor_apply) if foreach else (
+            _single_tensor_stats, _single_tensor_apply)
+
+        # 1. every scalar that sets the step, on the device, stacked
+        stats = stats_fn(tensors)
+        values, sharded = _read_scalars(stats, tensors, pending)  # the one host sync (and all_reduce)
+        # 2. host: skip, or move the controller and compute the per-tensor step sizes
+        plan = _plan_step(self.param_groups, tensors, values, has_loss=pending is not None)
+        if plan is None:
+            return loss
+        # 3. device: Adam moments, parameters, and the direction kept for the next step's secant
+        apply_fn(tensors, plan)
+        return loss
+
+    # ------------------------------------------------------------------------------------ internals
+    def _use_foreach(self, params: list[Tensor]) -> bool:
+        choice = self.param_groups[0]["foreach"]
+        if choice is not None:
+            return bool(choice)
+        return all(p.device.type in ("cpu", "cuda") for p in params) and not torch.jit.is_scripting()
+
+    def _gather(self) -> dict[str, list]:
+        """Collect the tensors that have a gradient, creating their state on first use."""
+        out: dict[str, list] = {k: [] for k in (
+            "params", "grads", "exp_avgs", "exp_avg_sqs", "directions", "pre", "steps", "group_index", "betas")}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "AdaOpt does not support sparse gradients; use torch.optim.SparseAdam for sparse "
+                        "embeddings, or nn.Embedding(sparse=False)."
+                    )
+                state = self.state[p]
+                local = _local(p)
+                if len(state) == 0:
+                    dtype = _state_dtype(p)
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+                    state["direction"] = torch.zeros_like(_subsample(local.detach()), dtype=dtype)
+                    state["pre"] = torch.zeros((), dtype=dtype, device=local.device)
+                out["params"].append(p)
+                out["grads"].append(_local(p.grad))
+                out["exp_avgs"].append(state["exp_avg"])
+                out["exp_avg_sqs"].append(state["exp_avg_sq"])
+                out["directions"].append(state["direction"])
+                out["pre"].append(state["pre"])
+                out["steps"].append(state["step"])
+                out["group_index"].append(gi)
+                out["betas"].append(group["betas"])
+        out["states"] = [self.state[p] for p in out["params"]]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers shared by both implementations
+# ---------------------------------------------------------------------------------------------------
+def _state_dtype(p: Tensor) -> torch.dtype:
+    # Low-precision parameters keep fp32 state: the EMAs of squared gradients underflow in bf16.
+    return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+
+
+def _local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (FSDP2), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _is_sharded(t: Tensor) -> bool:
+    return hasattr(t, "to_local") and any(getattr(pl, "is_shard", lambda: False)() for pl in t.placements)
+
+
+def _subsample(t: Tensor) -> Tensor:
+    """A fixed view of ~1/16 of a tensor's elements: blocks of 16 out of every 256 (small tensors whole)."""
+    flat = t.reshape(-1)
+    n = flat.numel()
+    if n <= SMALL_TENSOR:
+        return flat
+    usable = (n // SUBSAMPLE_PERIOD) * SUBSAMPLE_PERIOD
+    return flat[:usable].view(-1, SUBSAMPLE_PERIOD)[:, :SUBSAMPLE_BLOCK]
+
+
+def _bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, float]:
+    return 1.0 - beta1**step, 1.0 - beta2**step
+
+
+def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> tuple[list[float], list[bool]]:
+    """Reduce the stacked statistics across ranks (one all_reduce) and bring them to the host (one sync).
+
+    Layout of ``stats``: 5 rows (grad_sq, after, before, m_sq, v_sum) x n tensors, flattened, then the loss.
+    Replicated tensors (DDP) hold the same value on every rank and are averaged; shards (FSDP2 DTensors)
+    hold partial sums and are summed; the loss is a per-rank value and is averaged.
+    """
+    n = len(tensors["params"])
+    loss_t = torch.zeros((), dtype=stats.dtype, device=stats.device) if loss is None else (
+        torch.as_tensor(loss, dtype=stats.dtype).to(stats.device))
+    vec = torch.cat([stats.reshape(-1), loss_t.reshape(1)])
+    sharded = [_is_sharded(p) for p in tensors["params"]]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.SUM)
+            divisor = torch.tensor([1.0 if s else float(world) for s in sharded] * 5 + [float(world)],
+                                   dtype=vec.dtype, device=vec.device)
+            vec = vec / divisor
+    values = vec.tolist()  # this is the step's single CPU-GPU sync point
+    assert len(values) == 5 * n + 1
+    return values, sharded
+
+
+def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_loss: bool) -> dict | None:
+    """The scalar controller: base scale, landscape factor, loss guard, variance factors. Pure Python.
+
+    Returns the per-tensor step sizes and direction weights, or None when the step is skipped.
+    """
+    n = len(tensors["params"])
+    grad_sq, after, before, m_sq, v_sum = (values[i * n:(i + 1) * n] for i in range(5))
+    loss = values[5 * n]
+    g0 = groups[0]
+    beta1, beta2 = g0["betas"]
+    warmup, kappa = g0["warmup_steps"], g0["adapt_rate"]
+
+    if not all(math.isfinite(x) for x in (*grad_sq, *after, *before, *m_sq, *v_sum, loss)):
+        for group in groups:
+            group["skipped_steps"] += 1
+        return None
+
+    # The controller is one set of scalars for the whole optimizer; every group holds a copy.
+    c = {k: g0[k] for k in _CONTROLLER_DEFAULTS}
+    if c["base_scale"] is None:
+        c["base_scale"] = g0["base_lr"]
+    c["meta_step"] += 1
+    t = c["meta_step"]
+
+    # Landscape factor: secant along the previous direction. Both directional derivatives are divided by
+    # the norm of the gradient they were measured with, so clipping by max_grad_norm does not bias r.
+    grad_norm = math.sqrt(sum(grad_sq))
+    if t >= 2 and grad_norm > 0.0 and c["prev_grad_norm"] > 0.0:
+        c["secant_after"] = beta1 * c["secant_after"] + (1.0 - beta1) * sum(after) / grad_norm
+        c["secant_before"] = beta1 * c["secant_before"] + (1.0 - beta1) * sum(before) / c["prev_grad_norm"]
+    mu = 1.0
+    if t > warmup and c["secant_before"] != 0.0:
+        r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
+        r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
+        mu = (1.0 / (1.0 - r)) ** kappa
+    d = c["base_scale"] * mu
+    c["prev_grad_norm"] = grad_norm
+
+    # Loss guard: a spike well above the running mean halves the step.
+    threshold = g0["loss_spike_threshold"]
+    if has_loss and threshold is not None:
+        if (c["loss_count"] > warmup and t > warmup
+                and loss > c["loss_mean"] + threshold * math.sqrt(c["loss_var"])):
+            d *= LOSS_SPIKE_BACKOFF
+            c["loss_spikes"] += 1
+        delta = loss - c["loss_mean"]
+        if c["loss_count"] == 0:
+            c["loss_mean"], c["loss_var"] = loss, 0.0
+        else:
+            c["loss_mean"] += (1.0 - LOSS_EMA_BETA) * delta
+            c["loss_var"] = LOSS_EMA_BETA * (c["loss_var"] + (1.0 - LOSS_EMA_BETA) * delta * delta)
+        c["loss_count"] += 1
+
+    d = min(max(d, MIN_BASE_SCALE), MAX_BASE_SCALE)
+    c["base_scale"], c["landscape_factor"] = d, mu
+
+    # Variance factor per tensor, from the EMAs before this step's gradient: with c_k the variance of the
+    # debiased EMA m_hat relative to the gradient's, E[m_hat^2] = S + c_k sigma^2 and E[v_hat] = S + sigma^2.
+    phis, weights = [], []
+    for i in range(n):
+        group = groups[tensors["group_index"][i]]
+        k = tensors["steps"][i]
+        p_exp, floor = group["variance_power"], group["min_variance_factor"]
+        phi = 1.0
+        if k >= warmup and k > 0 and p_exp > 0.0:
+            ck = (1.0 - beta1) * (1.0 + beta1**k) / ((1.0 + beta1) * (1.0 - beta1**k))
+            noise = max(v_sum[i] - m_sq[i], 0.0) / max(1.0 - ck, 1e-12)
+            signal = max(m_sq[i] - ck * noise, 0.0)
+            if signal + noise > 0.0:
+                phi = max(signal / (signal + noise), floor) ** p_exp
+        phis.append(phi)
+        weights.append(tensors["params"][i].numel())
+
+    # Per-tensor step: s (scheduler multiplier) * d * phi. The direction kept for the next secant is the
+    # actual step's direction, so it is weighted by s * phi as well.
+    step_sizes, decays, dir_weights = [], [], []
+    for i in range(n):
+        group = groups[tensors["group_index"][i]]
+        s = group["lr"] / group["base_lr"] if group["base_lr"] > 0.0 else 0.0
+        step_sizes.append(s * d * phis[i])
+        decays.append(s * d * group["weight_decay"])
+        dir_weights.append(s * phis[i])
+    total = float(sum(weights))
+    mean_phi = sum(w * f for w, f in zip(weights, phis)) / total
+    c["variance_factor"] = mean_phi
+    for group in groups:
+        group.update(c)
+        s = group["lr"] / group["base_lr"] if group["base_lr"] > 0.0 else 0.0
+        group["effective_lr"] = s * d * mean_phi
+    return {"step_sizes": step_sizes, "decays": decays, "dir_weights": dir_weights,
+            "eps": [groups[gi]["eps"] for gi in tensors["group_index"]]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reference implementation: one tensor at a time, reads like the math
+# ---------------------------------------------------------------------------------------------------
+def _single_tensor_stats(tensors: dict) -> Tensor:
+    rows: list[list[Tensor]] = [[], [], [], [], []]
+    for g, m, v, direction, pre, k, (beta1, beta2) in zip(
+        tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
+        tensors["directions"], tensors["pre"], tensors["steps"], tensors["betas"],
+    ):
+        g = g.to(m.dtype)
+        rows[0].append((g * g).sum())  # |g|^2 over the whole tensor: also the non-finite check
+        rows[1].append((_subsample(g) * direction).sum())  # b = g_t . u_{t-1} (subsample)
+        rows[2].append(pre)  # a = g_{t-1} . u_{t-1}, kept from the previous step
+        if k > 0:
+            bc1, bc2 = _bias_corrections(k, beta1, beta2)
+            rows[3].append(((_subsample(m) / bc1) ** 2).sum())  # sum of m_hat^2
+            rows[4].append((_subsample(v) / bc2).sum())  # sum of v_hat
+        else:
+            rows[3].append(torch.zeros((), dtype=m.dtype, device=m.device))
+            rows[4].append(torch.zeros((), dtype=m.dtype, device=m.device))
+    return torch.stack([torch.stack(r).to(rows[0][0].device) for r in rows])
+
+
+def _single_tensor_apply(tensors: dict, plan: dict) -> None:
+    for i, (p, g, m, v, direction, state, (beta1, beta2)) in enumerate(zip(
+        tensors["params"], tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
+        tensors["directions"], tensors["states"], tensors["betas"],
+    )):
+        g = g.to(m.dtype)
+        # Adam's moments
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        state["step"] += 1
+        bc1, bc2 = _bias_corrections(state["step"], beta1, beta2)
+        denom = v.sqrt() / math.sqrt(bc2) + plan["eps"][i]
+        u = (m / bc1) / denom  # Adam's direction
+        # decoupled weight decay, then the step
+        local = _local(p)
+        if plan["decays"][i] != 0.0:
+            local.mul_(1.0 - plan["decays"][i])
+        local.add_((-plan["step_sizes"][i] * u).to(local.dtype))
+        # the direction actually taken (weighted like the step), kept on the subsample for the next secant,
+        # and the directional derivative before the step, a = g_t . u_t
+        direction.copy_(plan["dir_weights"][i] * _subsample(u))
+        state["pre"].copy_((_subsample(g) * direction).sum())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fast implementation: multi-tensor (foreach) kernels; tests hold it equal to the reference
+# ---------------------------------------------------------------------------------------------------
+def _multi_tensor_stats(tensors: dict) -> Tensor:
+    grads = [g.to(m.dtype) for g, m in zip(tensors["grads"], tensors["exp_avgs"])]
+    grad_sq = torch._foreach_norm(grads)
+    grad_sq = torch.stack(grad_sq) ** 2
+    after = torch.stack([(_subsample(g) * d).sum() for g, d in zip(grads, tensors["directions"])])
+    before = torch.stack(tensors["pre"])
+    m_sq, v_sum = [], []
+    for m, v, k, (beta1, beta2) in zip(tensors["exp_avgs"], tensors["exp_avg_sqs"], tensors["steps"],
+                                       tensors["betas"]):
+        if k > 0:
+            bc1, bc2 = _bias_corrections(k, beta1, beta2)
+            m_sq.append(((_subsample(m) / bc1) ** 2).sum())
+            v_sum.append((_subsample(v) / bc2).sum())
+        else:
+            m_sq.append(torch.zeros((), dtype=m.dtype, device=m.device))
+            v_sum.append(torch.zeros((), dtype=m.dtype, device=m.device))
+    return torch.stack([grad_sq, after, before.to(grad_sq.device), torch.stack(m_sq), torch.stack(v_sum)])
+
+
+def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
+    # Betas are per group; the foreach kernels take one value, so groups with other betas (rare) are
+    # handled by the reference loop.
+    beta1, beta2 = tensors["betas"][0]
+    params = [_local(p) for p in tensors["params"]]
+    grads = [g.to(m.dtype) for g, m in zip(tensors["grads"], tensors["exp_avgs"])]
+    m, v = tensors["exp_avgs"], tensors["exp_avg_sqs"]
+
+    torch._foreach_lerp_(m, grads, 1.0 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+    for state in tensors["states"]:
+        state["step"] += 1
+    steps = [state["step"] for state in tensors["states"]]
+    bc1 = [1.0 - beta1**k for k in steps]
+    bc2_sqrt = [math.sqrt(1.0 - beta2**k) for k in steps]
+
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, plan["eps"])
+
+    decays = plan["decays"]
+    if any(x != 0.0 for x in decays):
+        torch._foreach_mul_(params, [1.0 - x for x in decays])
+    neg_steps = [-s / b for s, b in zip(plan["step_sizes"], bc1)]
+    same_dtype = [p.dtype == mm.dtype for p, mm in zip(params, m)]
+    if all(same_dtype):
+        torch._foreach_addcdiv_(params, m, denom, neg_steps)
+    else:
+        # Low-precision parameters: the update is computed in the state's precision, then rounded once.
+        updates = torch._foreach_div(m, denom)
+        for p, upd, s in zip(params, updates, neg_steps):
+            p.add_(upd.mul_(s).to(p.dtype))
+
+    for i, (g, mm, dn, direction, state) in enumerate(zip(grads, m, denom, tensors["directions"], tensors["states"])):
+        direction.copy_(_subsample(mm).div(_subsample(dn)).mul_(plan["dir_weights"][i] / bc1[i]))
+        state["pre"].copy_((_subsample(g) * direction).sum())
+
