@@ -1,0 +1,240 @@
+"""IMDB sentiment (25k train / 25k test movie reviews) with a bidirectional LSTM and attention pooling.
+
+Text goes through a WordPiece tokenizer trained on the training split with `tokenizers` (lower case, HTML tags
+such as `<br />` removed by the tokenizer's own normalizer, so the saved tokenizer does the same at inference),
+or through `--tokenizer_name` (a local directory or a Hub id). The tokenizer is the Trainer's
+`processing_class`, so it is saved next to the model. Reviews are truncated to `--max_seq_length` (256) tokens
+and padded per batch.
+
+    accelerate launch training_scripts/train.py --task imdb --optimizer adaopt --output_dir out/imdb
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "stanfordnlp/imdb"
+DEFAULT_EPOCHS = 20
+DEFAULT_MAX_SEQ_LENGTH = 256
+VOCAB_SIZE = 20000  # WordPiece vocabulary trained on the training split (IMDB has ~75k distinct words)
+MIN_FREQUENCY = 2  # a word piece must occur at least this often in the training split
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # [PAD] gets id 0, the model's padding_idx
+# The Hub's imdb splits are sorted by label: --max_train_samples/--max_eval_samples take a random subset drawn
+# with this fixed seed (the same subset for every run, whatever --seed), not the first N reviews.
+SUBSET_SEED = 0
+# An HTML tag: "<br />", "<i>", "</i>"; a lone "<" or ">" in a review is left alone.
+HTML_TAG_PATTERN = r"<\s*/?\s*[A-Za-z][^<>]*>"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE, max_length: int = DEFAULT_MAX_SEQ_LENGTH):
+    """A lower-casing, HTML-stripping WordPiece tokenizer trained on `texts` (an iterable of strings or batches).
+
+    Returns a `PreTrainedTokenizerFast` with [PAD]/[UNK]/[CLS]/[SEP] that encodes a review as
+    `[CLS] pieces [SEP]`; it saves and reloads with `save_pretrained` / `AutoTokenizer.from_pretrained`.
+    """
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    pad, unk, cls, sep = SPECIAL_TOKENS
+    tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(HTML_TAG_PATTERN), " "),
+            normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=MIN_FREQUENCY, special_tokens=list(SPECIAL_TOKENS)
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        model_max_length=max_length,
+        padding_side="right",
+    )
+
+
+def _text_batches(dataset, batch_size: int = 1000):
+    for batch in dataset.iter(batch_size=batch_size):
+        yield batch["text"]
+
+
+def _trained_tokenizer(train_dataset, max_length: int, training_args):
+    """Train on the main process and hand the result to the others, so every rank uses the same vocabulary."""
+    import torch.distributed as dist
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    distributed = training_args.world_size > 1 and dist.is_available() and dist.is_initialized()
+    if not distributed or training_args.process_index == 0:
+        tokenizer = train_tokenizer(_text_batches(train_dataset), max_length=max_length)
+        logger.info("imdb: trained a WordPiece tokenizer with %d tokens on %d reviews", len(tokenizer), len(train_dataset))
+        if not distributed:
+            return tokenizer
+    payload = [tokenizer.backend_tokenizer.to_str() if training_args.process_index == 0 else None]
+    dist.broadcast_object_list(payload, src=0)  # one collective per run, before training starts
+    if training_args.process_index == 0:
+        return tokenizer
+    pad, unk, cls, sep = SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(payload[0]),
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        model_max_length=max_length,
+        padding_side="right",
+    )
+
+
+def _pretrained_tokenizer(task_args: TaskArguments):
+    import os
+
+    from transformers import AutoTokenizer
+
+    from hf_adaopt.tasks.squad import hub_errors
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(task_args.tokenizer_name, cache_dir=task_args.cache_dir)
+    except hub_errors() as exc:
+        if os.path.isdir(task_args.tokenizer_name):
+            raise  # a broken local directory: the original error says what is wrong
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise DataUnavailableError(
+            f"The tokenizer {task_args.tokenizer_name!r} could not be loaded from the Hugging Face Hub at "
+            f"{endpoint}: {type(exc).__name__}: {exc}\nOffline: leave --tokenizer_name unset (a tokenizer is "
+            "trained on the training split) or pass a local tokenizer directory."
+        ) from exc
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(
+                f"Tokenizer {task_args.tokenizer_name!r} has no pad, eos or unk token to pad batches with; "
+                "use another --tokenizer_name or leave it unset to train one."
+            )
+        logger.info("imdb: tokenizer %r has no pad token; padding with %r", task_args.tokenizer_name, fallback)
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _subset(dataset, n: int | None):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=SUBSET_SEED).select(range(n))
+
+
+def _label_names(raw) -> list[str] | None:
+    """Class names from a ClassLabel feature (the Hub's neg/pos), or None for plain integer labels."""
+    feature = raw["train"].features.get("label")
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    logits = eval_prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    labels = np.asarray(eval_prediction.label_ids)
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
+    """Tokenized reviews, a BiLSTM-attention classifier, a padding collator and accuracy."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from hf_adaopt.models import BiLSTMAttentionConfig, BiLSTMAttentionForSequenceClassification
+
+    max_seq_length = task_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be >= 3 ([CLS] text [SEP]), got {max_seq_length}.")
+    # Subsets are drawn here (random, fixed seed) rather than as the first N rows: the Hub splits are sorted.
+    raw = load_raw_datasets(dataclasses.replace(task_args, max_train_samples=None, max_eval_samples=None), DEFAULT_DATASET)
+    for split in ("train", "validation"):
+        missing = {"text", "label"} - set(raw[split].column_names)
+        if missing:
+            raise ValueError(
+                f"The {split} data lacks the imdb columns {sorted(missing)} (has {raw[split].column_names}); "
+                "expected text (str) and label (int, 0 = negative, 1 = positive)."
+            )
+    raw["train"] = _subset(raw["train"], task_args.max_train_samples)
+    raw["validation"] = _subset(raw["validation"], task_args.max_eval_samples)
+
+    names = _label_names(raw)
+    if names is None:
+        labels = sorted(set(raw["train"]["label"]) | set(raw["validation"]["label"]))
+        if not all(isinstance(label, (int, np.integer)) and label >= 0 for label in labels):
+            raise ValueError(f"imdb labels must be integers >= 0 (0 = negative, 1 = positive), got {labels[:10]}.")
+        names = [str(i) for i in range(max(labels) + 1)] if labels else []
+    if len(names) < 2:
+        raise ValueError(f"imdb needs at least 2 classes in the labels, got {names}.")
+
+    if task_args.tokenizer_name:
+        tokenizer = _pretrained_tokenizer(task_args)
+    else:
+        tokenizer = _trained_tokenizer(raw["train"], max_seq_length, training_args)
+    if tokenizer.model_max_length and tokenizer.model_max_length < max_seq_length:
+        max_seq_length = tokenizer.model_max_length
+
+    def tokenize(batch):
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": batch["label"]}
+
+    tokenized = {}
+    for split in ("train", "validation"):
+        with training_args.main_process_first(desc=f"imdb tokenize {split}"):
+            tokenized[split] = raw[split].map(
+                tokenize, batched=True, remove_columns=raw[split].column_names, desc=f"Tokenizing the {split} split"
+            )
+
+    set_seed(training_args.seed)  # the model's initial weights follow --seed
+    config = BiLSTMAttentionConfig(
+        vocab_size=len(tokenizer),
+        num_labels=len(names),
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+    )
+    model = BiLSTMAttentionForSequenceClassification(config)
+    return TaskSetup(
+        model=model,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+    )
