@@ -198,7 +198,7 @@ class VGGForImageClassification(_SmallPreTrainedModel):
         super().__init__(config)
         layers: list[nn.Module] = []
         in_ch, size = config.num_channels, config.image_size
-        for depth, mult in zip(config.stage_depths, config.stage_multipliers):
+        for depth, mult in zip(config.stage_depths, config.stage_multipliers, strict=True):
             out_ch = config.base_width * mult
             for _ in range(depth):
                 # no conv bias: BatchNorm's shift replaces it
@@ -294,6 +294,39 @@ class BiLSTMAttentionForSequenceClassification(_SmallPreTrainedModel):
         weights = torch.softmax(scores, dim=-1).to(hidden.dtype)
         pooled = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)
         logits = self.classifier(self.dropout(pooled))
-        return SequenceClassifierOutput(
-            loss=_classification_loss(logits, labels), logits=logits, attentions=(weights,)
+        # the attention weights only on request: the Trainer would otherwise gather them at every evaluation
+        attentions = (weights,) if kwargs.get("output_attentions") else None
+        return SequenceClassifierOutput(loss=_classification_loss(logits, labels), logits=logits, attentions=attentions)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+MODEL_CLASSES = {
+    cls.config_class.model_type: cls
+    for cls in (
+        MLPForImageClassification,
+        SimpleCNNForImageClassification,
+        VGGForImageClassification,
+        BiLSTMAttentionForSequenceClassification,
+    )
+}
+
+
+def load_model(path: str, **kwargs) -> PreTrainedModel:
+    """A model saved by `save_pretrained` (weights), or a directory holding only its config.json (fresh init)."""
+    import os
+
+    config_dict, _ = PretrainedConfig.get_config_dict(path)
+    model_type = config_dict.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"{path!r} holds a {model_type!r} model; hf_adaopt.models loads {sorted(MODEL_CLASSES)}. "
+            "For transformers models use their Auto classes."
         )
+    cls = MODEL_CLASSES[model_type]
+    has_weights = os.path.isdir(path) and any(
+        name.endswith((".safetensors", ".bin")) for name in os.listdir(path)
+    )
+    if has_weights or not os.path.isdir(path):
+        return cls.from_pretrained(path, **kwargs)
+    return cls(cls.config_class.from_pretrained(path))

@@ -75,7 +75,7 @@ class DataUnavailableError(RuntimeError):
     """A Hub dataset (or model) could not be reached; the message lists the offline options."""
 
 
-def offline_options(task: str | None = None) -> str:
+def offline_options() -> str:
     """The ways to run without the Hub, for error messages."""
     return (
         "Offline options: pass local files in the Hub dataset's schema with --train_file/--validation_file "
@@ -85,13 +85,13 @@ def offline_options(task: str | None = None) -> str:
     )
 
 
-def unreachable_error(what: str, exc: BaseException, task: str | None = None) -> DataUnavailableError:
+def unreachable_error(what: str, exc: BaseException) -> DataUnavailableError:
     """A `DataUnavailableError` for `what` ('dataset X', 'model Y') that failed with `exc`."""
     mode = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     return DataUnavailableError(
         f"The {what} could not be reached from the Hugging Face Hub at {endpoint}{mode}: "
-        f"{type(exc).__name__}: {exc}\n{offline_options(task)}"
+        f"{type(exc).__name__}: {exc}\n{offline_options()}"
     )
 
 
@@ -99,6 +99,33 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE") or os.environ.get(
         "HF_DATASETS_OFFLINE", ""
     ).strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+# Seconds to wait for a TCP connection to the Hub before declaring it unreachable (the Hub client itself retries
+# a refused connection for ~25 s before giving up).
+HUB_CONNECT_TIMEOUT = float(os.environ.get("HF_ADAOPT_HUB_CONNECT_TIMEOUT", "5"))
+
+
+def hub_unreachable_reason(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+    """Why the Hub cannot be reached (offline mode, or no TCP connection within `timeout`), or None.
+
+    Skipped (None) behind an HTTP(S) proxy, where a direct connection says nothing.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if _hub_offline():
+        return "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"no connection to {url.hostname}:{port} within {timeout:g} s ({exc})"
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -178,6 +205,14 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
         name = task_args.dataset_name or default_dataset
         if name is None:
             raise ValueError(f"Task {task_args.task!r} needs --dataset_name or --train_file/--validation_file.")
+        if not os.path.exists(name):
+            reason = hub_unreachable_reason()
+            if reason is not None and not _hub_offline():
+                # fail fast instead of waiting out the Hub client's retries; a cached copy loads with HF_HUB_OFFLINE=1
+                raise DataUnavailableError(
+                    f"The dataset {name!r} could not be reached from the Hugging Face Hub: {reason}. If it is in "
+                    f"your cache, set HF_HUB_OFFLINE=1 to use the cached copy.\n{offline_options()}"
+                )
         try:
             raw = datasets.load_dataset(
                 name, task_args.dataset_config_name, cache_dir=task_args.cache_dir, **load_kwargs
@@ -185,7 +220,7 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
         except _network_errors() as exc:
             if isinstance(exc, FileNotFoundError) and os.path.exists(name):
                 raise
-            raise unreachable_error(f"dataset {name!r}", exc, task_args.task) from exc
+            raise unreachable_error(f"dataset {name!r}", exc) from exc
         if "validation" not in raw:
             if "test" not in raw:
                 raise ValueError(f"Dataset {name!r} has no 'validation' or 'test' split (splits: {list(raw)}).")
@@ -196,3 +231,156 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
     if task_args.max_eval_samples is not None:
         raw["validation"] = raw["validation"].select(range(min(task_args.max_eval_samples, len(raw["validation"]))))
     return raw
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def compute_accuracy(eval_pred) -> dict[str, float]:
+    """`compute_metrics` for classifiers: {"accuracy": fraction of argmax(logits) == label}."""
+    import numpy as np
+
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+
+
+# ----------------------------------------------------------------------------------------------- images
+#
+# Images are stored once as raw uint8 bytes (C*H*W) in a "pixel_values" binary column: cheap to cache and to
+# read back with np.frombuffer. A dataset transform turns a batch of them into normalized float tensors on the
+# fly (and augments the training split), so nothing float-sized is ever written to disk.
+
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
+LABEL_COLUMNS = ("label", "labels")
+
+
+def find_column(column_names, candidates: tuple[str, ...], what: str, dataset: str) -> str:
+    for name in candidates:
+        if name in column_names:
+            return name
+    raise ValueError(f"{dataset} has no {what} column: expected one of {candidates}, got columns {list(column_names)}.")
+
+
+def image_to_array(image, num_channels: int):
+    """One image (PIL image, array, nested list or {"bytes"/"path"} dict) -> uint8 array (C, H, W)."""
+    import numpy as np
+
+    if isinstance(image, dict):  # an undecoded datasets Image value
+        import io
+
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
+    if hasattr(image, "convert"):  # PIL
+        array = np.asarray(image.convert("L" if num_channels == 1 else "RGB"))
+    else:
+        array = np.asarray(image)
+        if array.dtype.kind == "f" and array.size and float(array.max()) <= 1.0:
+            array = array * 255.0  # floats in [0, 1]
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8) if array.dtype != np.uint8 else array
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3):
+        array = array.transpose(2, 0, 1)  # HWC -> CHW
+    if array.ndim != 3:
+        raise ValueError(f"Expected a 2-D or 3-D image, got an array of shape {array.shape}.")
+    if array.shape[0] == 4:
+        array = array[:3]  # drop alpha
+    if array.shape[0] != num_channels:
+        array = array.mean(0, keepdims=True).round().astype(np.uint8) if num_channels == 1 else array.repeat(3, 0)
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def encode_images(raw, num_channels: int, num_labels: int, dataset: str, training_args=None):
+    """Raw image datasets (any Hub image schema) -> {"pixel_values": uint8 bytes, "labels": int64}.
+
+    Returns `(encoded DatasetDict, image shape (C, H, W))`. All images must share one size.
+    """
+    import contextlib
+
+    import datasets
+    import numpy as np
+
+    columns = raw["train"].column_names
+    image_col = find_column(columns, IMAGE_COLUMNS, "image", dataset)
+    label_col = find_column(columns, LABEL_COLUMNS, "label", dataset)
+    shape = image_to_array(raw["train"][0][image_col], num_channels).shape
+
+    def encode(batch):
+        arrays = [image_to_array(image, num_channels) for image in batch[image_col]]
+        for array in arrays:
+            if array.shape != shape:
+                raise ValueError(
+                    f"{dataset}: all images must have the shape {shape} (C, H, W) of the first training image; "
+                    f"found {array.shape}. Resize them to one size first."
+                )
+        labels = np.asarray(batch[label_col], dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
+            raise ValueError(f"{dataset}: labels must lie in [0, {num_labels}), got {labels.min()}..{labels.max()}.")
+        return {"pixel_values": [a.tobytes() for a in arrays], "labels": labels.tolist()}
+
+    features = datasets.Features({"pixel_values": datasets.Value("binary"), "labels": datasets.Value("int64")})
+    context = (
+        training_args.main_process_first(desc="encoding images") if training_args is not None
+        else contextlib.nullcontext()
+    )
+    with context:
+        encoded = raw.map(
+            encode, batched=True, remove_columns=columns, features=features, desc="encoding images"
+        )
+    return encoded, shape
+
+
+def class_names(raw_train, num_labels: int, default: list[str] | None = None) -> list[str]:
+    """Label names from a ClassLabel feature, else `default`, else "0".."n-1"."""
+    import datasets
+
+    feature = raw_train.features.get("label", raw_train.features.get("labels"))
+    if isinstance(feature, datasets.ClassLabel) and feature.num_classes == num_labels:
+        return list(feature.names)
+    return list(default) if default is not None else [str(i) for i in range(num_labels)]
+
+
+class ImageTransform:
+    """Dataset transform: uint8 bytes -> float tensor (N, C, H, W) normalized by `mean`/`std`, then `augment`.
+
+    Used with `Dataset.with_transform`, so it runs per batch as the DataLoader reads, in its worker processes
+    when there are any (torch seeds each worker's RNG, which `augment` draws from).
+    """
+
+    def __init__(self, shape, mean, std, augment: Callable | None = None):
+        self.shape = tuple(shape)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        if len(self.mean) != self.shape[0] or len(self.std) != self.shape[0]:
+            raise ValueError(f"mean {mean} and std {std} need one value per channel of an image of shape {shape}")
+        self.augment = augment
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import torch
+
+        raw = np.frombuffer(b"".join(batch["pixel_values"]), dtype=np.uint8)
+        pixels = torch.from_numpy(raw.copy()).view(-1, *self.shape).float().div_(255.0)
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        out = {"pixel_values": (pixels - mean) / std}
+        if "labels" in batch:
+            out["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+        return out
+
+
+def channel_stats(encoded_train, shape, max_images: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units from (at most `max_images` of) the training images."""
+    import numpy as np
+
+    n = min(len(encoded_train), max_images)
+    raw = np.frombuffer(b"".join(encoded_train.select(range(n))["pixel_values"]), dtype=np.uint8)
+    pixels = raw.reshape(n, shape[0], -1).astype(np.float64) / 255.0
+    mean = pixels.mean(axis=(0, 2))
+    std = np.maximum(pixels.std(axis=(0, 2)), 1e-3)
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,70 @@
+"""mnist: handwritten digits (Hub `ylecun/mnist`: image, label; 60,000 train / 10,000 test 28x28 grey).
+
+Model: a simple CNN (conv32-pool-conv64-pool-dense128-dropout, the seed experiment's) or `--model mlp`, the
+128-128-64 ReLU MLP on the 784 pixels. The Hub's "test" split serves as validation. Local files in the same
+schema (`--train_file`/`--validation_file`, images as PIL-encoded parquet or arrays) work offline.
+"""
+
+from __future__ import annotations
+
+from hf_adaopt.tasks.base import (
+    ImageTransform,
+    TaskArguments,
+    TaskSetup,
+    class_names,
+    compute_accuracy,
+    encode_images,
+    load_raw_datasets,
+)
+
+DEFAULT_DATASET: str | None = "ylecun/mnist"
+DEFAULT_EPOCHS = 10
+MODELS = ("cnn", "mlp")
+NUM_LABELS = 10
+# the usual MNIST normalization (mean and std of the training pixels in [0, 1])
+MEAN, STD = (0.1307,), (0.3081,)
+
+
+def build_model(variant: str | None, shape, id2label: dict[int, str]):
+    from hf_adaopt.models import (
+        MLPConfig,
+        MLPForImageClassification,
+        SimpleCNNConfig,
+        SimpleCNNForImageClassification,
+    )
+
+    variant = variant or "cnn"
+    if variant == "cnn":
+        config = SimpleCNNConfig(
+            num_channels=shape[0], image_size=shape[1], channels=(32, 64), hidden_size=128, dropout=0.5,
+            num_labels=NUM_LABELS, id2label=id2label,
+        )
+        return SimpleCNNForImageClassification(config)
+    if variant == "mlp":
+        config = MLPConfig(input_dim=int(shape[0] * shape[1] * shape[2]), num_labels=NUM_LABELS, id2label=id2label)
+        return MLPForImageClassification(config)
+    raise ValueError(f"Unknown --model {variant!r} for task mnist; choose one of {MODELS}.")
+
+
+def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
+    if task_args.model not in (None, *MODELS):
+        raise ValueError(f"Unknown --model {task_args.model!r} for task mnist; choose one of {MODELS}.")
+    raw = load_raw_datasets(task_args, DEFAULT_DATASET)
+    name = task_args.train_file or task_args.dataset_name or DEFAULT_DATASET
+    encoded, shape = encode_images(raw, 1, NUM_LABELS, name, training_args)
+    if shape[1] != shape[2]:
+        raise ValueError(f"mnist expects square images, got shape {shape} (C, H, W).")
+    transform = ImageTransform(shape, MEAN, STD)
+    if task_args.model_name_or_path:
+        from hf_adaopt.models import load_model
+
+        model = load_model(task_args.model_name_or_path)
+    else:
+        names = class_names(raw["train"], NUM_LABELS)
+        model = build_model(task_args.model, shape, dict(enumerate(names)))
+    return TaskSetup(
+        model=model,
+        train_dataset=encoded["train"].with_transform(transform),
+        eval_dataset=encoded["validation"].with_transform(transform),
+        compute_metrics=compute_accuracy,
+    )
