@@ -35,7 +35,9 @@ MAX_EXACT_PERMUTATIONS = 200_000
 def _as_1d(values: Sequence[float], name: str = "values") -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if arr.size and not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite numbers, got {arr.tolist()}; drop or censor the non-finite runs")
+        raise ValueError(
+            f"{name} must be finite numbers, got {arr.tolist()}; drop or censor the non-finite runs"
+        )
     return arr
 
 
@@ -317,10 +319,11 @@ def lr_stability(lrs: Sequence[float]) -> dict:
         nan = math.nan
         return {"mean": nan, "variance": nan, "std": nan, "cv": nan, "min": nan, "max": nan, "n": 0}
     m = float(arr.mean())
-    sd = float(arr.std())
+    # exactly 0 for a constant lr (numpy's two-pass variance leaves ~1e-37 of rounding otherwise)
+    sd = 0.0 if arr.min() == arr.max() else float(arr.std())
     return {
         "mean": m,
-        "variance": float(arr.var()),
+        "variance": sd * sd if sd == 0.0 else float(arr.var()),
         "std": sd,
         "cv": sd / abs(m) if m != 0.0 else (0.0 if sd == 0.0 else math.nan),
         "min": float(arr.min()),
@@ -371,3 +374,29 @@ def lr_sweep_robustness(
         "lrs_within": lrs[within].tolist(),
         "span_decades": float(best_span),
     }
+
+
+def bootstrap_ci_curve(
+    curves: Sequence[Sequence[float]],
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = 2_000,
+    seed: int = 0,
+) -> tuple[list[float], list[float]]:
+    """Pointwise percentile-bootstrap CI of the mean curve over runs (rows: runs, columns: aligned steps).
+
+    The same resampled set of runs is used for every column, as a run's curve is one observation.
+    Returns (low, high) lists, nan where there are fewer than two runs.
+    """
+    _check_confidence(confidence)
+    mat = np.asarray(curves, dtype=np.float64)
+    if mat.ndim != 2:
+        raise ValueError(f"curves must be a 2-d array (runs x steps), got shape {mat.shape}")
+    if mat.shape[0] < 2:
+        nan = [math.nan] * mat.shape[1]
+        return nan, list(nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, mat.shape[0], size=(n_resamples, mat.shape[0]))
+    means = mat[idx].mean(axis=1)  # (n_resamples, steps)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
+    return low.tolist(), high.tolist()

@@ -20,7 +20,9 @@ def test_mean_and_sample_std():
     assert math.isnan(stats.mean([]))
 
 
-@pytest.mark.parametrize("a,b", [(A, B), (B, A), ([1, 2, 3, 4, 5], [2, 4, 6, 8, 10, 12, 14]), ([0.5, 0.52], [0.1, 0.9, 0.3])])
+@pytest.mark.parametrize(
+    "a,b", [(A, B), (B, A), ([1, 2, 3, 4, 5], [2, 4, 6, 8, 10, 12, 14]), ([0.5, 0.52], [0.1, 0.9, 0.3])]
+)
 def test_welch_matches_scipy(a, b):
     ours = stats.welch_ttest(a, b)
     ref = sps.ttest_ind(a, b, equal_var=False)
@@ -194,3 +196,13 @@ def test_lr_sweep_robustness_counts_decades_within_one_point():
     assert out["n_within"] == 2 and out["span_decades"] == 0.0
     with pytest.raises(ValueError, match="> 0"):
         stats.lr_sweep_robustness([0.0], [0.5])
+
+
+def test_bootstrap_ci_curve_brackets_the_mean_curve():
+    curves = [[0.1, 0.5, 0.9], [0.2, 0.6, 0.9], [0.3, 0.4, 0.9]]
+    low, high = stats.bootstrap_ci_curve(curves, seed=0)
+    means = np.mean(curves, axis=0)
+    assert all(lo <= m <= hi for lo, m, hi in zip(low, means, high))
+    assert low[2] == high[2] == 0.9  # no spread, no width
+    low1, high1 = stats.bootstrap_ci_curve([[0.1, 0.2]])
+    assert all(math.isnan(v) for v in low1 + high1)

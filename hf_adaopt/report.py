@@ -1,0 +1,1093 @@
+"""Build the comparison report from `results.jsonl`: `report.md`, `results.json` and PNG plots.
+
+    hf-adaopt report out/compare-digits                 # rebuild everything from the stored runs
+    hf-adaopt report out/compare-digits --threshold 0.9 # absolute convergence threshold instead of 95% of best
+
+Everything is recomputed from the JSON lines that `hf-adaopt compare` appends (one per finished run), so a
+report can be rebuilt at any time, also while shards are still running. `compare_config.json`, when
+present, supplies the command line and the threshold settings; the environment comes from the runs.
+
+Groups are (optimizer, initial learning rate); each group's runs differ only in the seed. AdaOpt is
+compared with every baseline at the same initial learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hf_adaopt import stats
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "compare_config.json"
+REFERENCE = "adaopt"
+# Display order: ours first, then the torch baselines, then the learning-rate-free peers.
+OPTIMIZER_ORDER = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog")
+DEFAULT_THRESHOLD_FRACTION = 0.95
+DEFAULT_ALPHA = 0.05
+ROBUSTNESS_TOLERANCE = 0.01  # "within 1 accuracy point of the best result"
+
+# Metrics compared between optimizers: (key, label, unit, higher_is_better).
+TESTED_METRICS = (
+    ("eval_accuracy", "final eval accuracy", "%", True),
+    ("eval_loss", "final eval loss", "", False),
+    ("train_time_s", "training time", "s", False),
+    ("steps_to_threshold", "steps to threshold", "steps", False),
+)
+
+PLOT_FILES = {
+    "accuracy": "eval_accuracy_vs_step.png",
+    "loss": "eval_loss_vs_step.png",
+    "lr": "effective_lr.png",
+    "final": "final_accuracy.png",
+    "sensitivity": "lr_sensitivity.png",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_results(output_dir: str) -> list[dict]:
+    """The runs in `<output_dir>/results.jsonl`, one per run_id (the last line wins), in file order.
+
+    A truncated last line (a run killed while writing) is skipped with a warning; other invalid lines raise.
+    """
+    path = os.path.join(output_dir, RESULTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: `hf-adaopt report` needs a directory written by `hf-adaopt compare`"
+        )
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    runs: dict[str, dict] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                logger.warning("skipping a truncated last line in %s (interrupted write)", path)
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not valid JSON; remove or repair that line") from None
+        runs[rec["run_id"]] = rec
+    return list(runs.values())
+
+
+def load_config(output_dir: str) -> dict:
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _order_key(name: str) -> tuple[int, str]:
+    return (OPTIMIZER_ORDER.index(name) if name in OPTIMIZER_ORDER else len(OPTIMIZER_ORDER), name)
+
+
+def _lr_key(lr: float) -> float:
+    return float(f"{float(lr):.6g}")
+
+
+def lr_grid(rec: dict) -> float | None:
+    """The run's learning-rate grid coordinate: the lr the comparison asked for, None for the optimizer's default.
+
+    Runs without "lr_grid" (older files) use their actual learning rate.
+    """
+    grid = rec.get("lr_grid", rec.get("learning_rate"))
+    return None if grid is None else _lr_key(grid)
+
+
+def _grid_order(grid: float | None) -> tuple[bool, float]:
+    return (grid is None, grid or 0.0)
+
+
+def group_runs(runs: Sequence[dict]) -> dict[tuple[str, float | None], list[dict]]:
+    """{(optimizer, lr_grid): runs sorted by seed}, keys in display order (lr_grid None = default lr)."""
+    groups: dict[tuple[str, float | None], list[dict]] = defaultdict(list)
+    for rec in runs:
+        groups[(rec["optimizer"], lr_grid(rec))].append(rec)
+    keys = sorted(groups, key=lambda k: (_order_key(k[0]), _grid_order(k[1])))
+    return {k: sorted(groups[k], key=lambda r: r["seed"]) for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-run values
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def eval_curve(rec: dict, key: str = "eval_accuracy") -> tuple[list[float], list[float], list[float]]:
+    """(steps, epochs, values) of one run's evaluation curve for `key`, ordered by step."""
+    points = [p for p in rec.get("eval_curve", []) if p.get(key) is not None]
+    points.sort(key=lambda p: p["step"])
+    return [p["step"] for p in points], [p.get("epoch", math.nan) for p in points], [p[key] for p in points]
+
+
+def run_value(rec: dict, metric: str) -> float | None:
+    """The per-run value of a tested or tabulated metric (None when missing)."""
+    if metric in ("eval_accuracy", "eval_loss"):
+        v = rec.get("eval", {}).get(metric)
+    elif metric == "train_time_s":
+        v = rec.get("metrics", {}).get("train_time_s", rec.get("train", {}).get("train_runtime"))
+    elif metric in ("steps_to_threshold", "epochs_to_threshold"):
+        v = rec.get("_derived", {}).get(metric)
+    else:
+        v = rec.get("metrics", {}).get(metric)
+    return None if v is None else float(v)
+
+
+def derive_threshold_metrics(runs: Sequence[dict], threshold: float) -> None:
+    """Set rec["_derived"] = {"steps_to_threshold", "epochs_to_threshold", "total_steps"} for each run."""
+    for rec in runs:
+        steps, epochs, acc = eval_curve(rec)
+        s = stats.steps_to_threshold(steps, acc, threshold) if steps else None
+        e = stats.steps_to_threshold(epochs, acc, threshold) if steps else None
+        total = rec.get("metrics", {}).get("total_steps", steps[-1] if steps else None)
+        rec["_derived"] = {"steps_to_threshold": s, "epochs_to_threshold": e, "total_steps": total}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# analysis
+
+
+def resolve_threshold(
+    groups: dict[tuple[str, float], list[dict]], threshold: float | None, fraction: float
+) -> dict:
+    """The convergence threshold: absolute when given, else `fraction` x the best group-mean final accuracy."""
+    if threshold is not None:
+        return {"value": float(threshold), "mode": "absolute", "fraction": None, "reference": None}
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"threshold_fraction must be in (0, 1], got {fraction}; e.g. 0.95")
+    best_key, best = None, -math.inf
+    for key, runs in groups.items():
+        acc = _finite(run_value(r, "eval_accuracy") for r in runs)
+        if acc and stats.mean(acc) > best:
+            best_key, best = key, stats.mean(acc)
+    if best_key is None:
+        return {"value": math.nan, "mode": "fraction", "fraction": fraction, "reference": None}
+    return {
+        "value": fraction * best,
+        "mode": "fraction",
+        "fraction": fraction,
+        "reference": {"optimizer": best_key[0], "lr_grid": best_key[1], "mean_eval_accuracy": best},
+    }
+
+
+def _steps_censored(runs: Sequence[dict], censor_at: float) -> tuple[list[float], int]:
+    """Steps to threshold per run with unreached runs set to `censor_at` (ranked last), and how many reached."""
+    values, reached = [], 0
+    for r in runs:
+        s = r["_derived"]["steps_to_threshold"]
+        reached += s is not None
+        values.append(censor_at if s is None else s)
+    return values, reached
+
+
+def summarize_group(runs: Sequence[dict], confidence: float, n_resamples: int, seed: int) -> dict:
+    metrics = {}
+    for key in (
+        "eval_accuracy",
+        "eval_loss",
+        "train_time_s",
+        "steps_to_threshold",
+        "epochs_to_threshold",
+        "lr_variance",
+        "lr_cv",
+        "lr_mean",
+    ):
+        raw = [run_value(r, key) for r in runs]
+        values = _finite(raw)
+        summary = stats.summarize(values, confidence, n_resamples, seed)
+        summary["values"] = raw
+        summary["n_missing"] = len(raw) - len(values)  # unreached thresholds, non-finite losses
+        metrics[key] = summary
+    return {
+        "optimizer": runs[0]["optimizer"],
+        "lr_grid": lr_grid(runs[0]),
+        "learning_rate": _lr_key(runs[0]["learning_rate"]),
+        "seeds": [r["seed"] for r in runs],
+        "run_ids": [r["run_id"] for r in runs],
+        "n": len(runs),
+        "reached_threshold": sum(r["_derived"]["steps_to_threshold"] is not None for r in runs),
+        "metrics": metrics,
+        "final_eval": [r.get("eval", {}) for r in runs],
+    }
+
+
+def compare_groups(
+    groups: dict[tuple[str, float], list[dict]],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+    alpha: float,
+) -> list[dict]:
+    """AdaOpt vs each baseline at the same initial lr, per tested metric; Holm over the baselines (and lrs).
+
+    The Holm family is one metric and one test: all AdaOpt-vs-baseline comparisons of that metric.
+    Steps to threshold: runs that never reach it are censored at (largest step seen + 1) and ranked last;
+    Welch's test and Hedges' g need every run to reach it and are left undefined otherwise.
+    """
+    max_step = 0.0
+    for runs in groups.values():
+        for r in runs:
+            steps, _, _ = eval_curve(r)
+            max_step = max([max_step, *steps])
+    censor_at = max_step + 1.0
+    out: list[dict] = []
+    for (name, grid), ref_runs in groups.items():
+        if name != REFERENCE:
+            continue
+        for (base, base_grid), base_runs in groups.items():
+            if base == REFERENCE or base_grid != grid:
+                continue
+            for metric, label, _, higher in TESTED_METRICS:
+                if metric == "steps_to_threshold":
+                    a, ra = _steps_censored(ref_runs, censor_at)
+                    b, rb = _steps_censored(base_runs, censor_at)
+                    censored = ra < len(a) or rb < len(b)
+                else:
+                    a = _finite(run_value(r, metric) for r in ref_runs)
+                    b = _finite(run_value(r, metric) for r in base_runs)
+                    censored = False
+                if not a or not b:
+                    continue
+                row = stats.compare_samples(a, b, confidence, n_resamples, seed)
+                if censored:
+                    row.update(welch_t=math.nan, welch_df=math.nan, welch_p=math.nan)
+                    row.update(cohens_d=math.nan, hedges_g=math.nan, mean_diff=math.nan)
+                    row.update(diff_ci_low=math.nan, diff_ci_high=math.nan)
+                row.update(
+                    optimizer=REFERENCE,
+                    baseline=base,
+                    lr_grid=grid,
+                    learning_rate=_lr_key(ref_runs[0]["learning_rate"]),
+                    baseline_learning_rate=_lr_key(base_runs[0]["learning_rate"]),
+                    metric=metric,
+                    metric_label=label,
+                    higher_is_better=higher,
+                    censored=censored,
+                )
+                out.append(row)
+    metric_order = [m for m, *_ in TESTED_METRICS]
+    out.sort(
+        key=lambda r: (metric_order.index(r["metric"]), _grid_order(r["lr_grid"]), _order_key(r["baseline"]))
+    )
+    for metric in metric_order:
+        rows = [r for r in out if r["metric"] == metric]
+        for test in ("welch", "mwu"):
+            adjusted = stats.holm([r[f"{test}_p"] for r in rows])
+            for r, p in zip(rows, adjusted, strict=False):
+                r[f"{test}_p_holm"] = p
+    for r in out:
+        p = r["welch_p_holm"] if not r["censored"] else r["mwu_p_holm"]
+        r["primary_test"] = "welch" if not r["censored"] else "mwu"
+        r["significant"] = bool(p is not None and not math.isnan(p) and p < alpha)
+        # "better" by the direction of the location difference (Cliff's delta is defined even when censored)
+        sign = r["cliffs_delta"] if r["censored"] else r["mean_diff"]
+        if not r["significant"] or sign == 0 or math.isnan(sign):
+            r["better"] = None
+        else:
+            r["better"] = REFERENCE if (sign > 0) == r["higher_is_better"] else r["baseline"]
+    return out
+
+
+def lr_sweep_analysis(summaries: Sequence[dict], confidence: float, tolerance: float) -> dict | None:
+    """Per optimizer: final accuracy vs initial lr and the robustness counts; None without a sweep."""
+    by_opt: dict[str, list[dict]] = defaultdict(list)
+    for g in summaries:
+        by_opt[g["optimizer"]].append(g)
+    if not any(len([g for g in v if g["lr_grid"] is not None]) > 1 for v in by_opt.values()):
+        return None
+    overall = max(
+        (g["metrics"]["eval_accuracy"]["mean"] for g in summaries if g["metrics"]["eval_accuracy"]["n"]),
+        default=math.nan,
+    )
+    out = {"tolerance": tolerance, "overall_best": overall, "optimizers": {}}
+    for name in sorted(by_opt, key=_order_key):
+        rows = sorted((g for g in by_opt[name] if g["lr_grid"] is not None), key=lambda g: g["lr_grid"])
+        rows = [g for g in rows if g["metrics"]["eval_accuracy"]["n"]]
+        lrs = [g["lr_grid"] for g in rows]
+        means = [g["metrics"]["eval_accuracy"]["mean"] for g in rows]
+        out["optimizers"][name] = {
+            "by_lr": [
+                {
+                    "learning_rate": g["lr_grid"],
+                    "mean": g["metrics"]["eval_accuracy"]["mean"],
+                    "ci_low": g["metrics"]["eval_accuracy"]["ci_low"],
+                    "ci_high": g["metrics"]["eval_accuracy"]["ci_high"],
+                    "n": g["n"],
+                }
+                for g in rows
+            ],
+            "vs_overall_best": stats.lr_sweep_robustness(lrs, means, reference=overall, tolerance=tolerance),
+            "vs_own_best": stats.lr_sweep_robustness(lrs, means, tolerance=tolerance),
+        }
+    return out
+
+
+def _environment(runs: Sequence[dict], config: dict) -> dict:
+    env = dict(config.get("environment", {}))
+    for r in runs:
+        for k, v in (r.get("environment") or {}).items():
+            env.setdefault(k, v)
+    return env
+
+
+def analyze(
+    runs: Sequence[dict],
+    config: dict | None = None,
+    threshold: float | None = None,
+    threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+    alpha: float = DEFAULT_ALPHA,
+    confidence: float = stats.DEFAULT_CONFIDENCE,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """The machine-readable report (what results.json holds) from the run records."""
+    config = config or {}
+    if not runs:
+        raise ValueError("no finished runs to report on: results.jsonl is empty")
+    runs = [dict(r) for r in runs]
+    groups = group_runs(runs)
+    thr = resolve_threshold(groups, threshold, threshold_fraction)
+    derive_threshold_metrics(runs, thr["value"])
+    summaries = [summarize_group(g, confidence, n_resamples, seed) for g in groups.values()]
+    comparisons = compare_groups(groups, confidence, n_resamples, seed, alpha)
+    sweep = lr_sweep_analysis(summaries, confidence, ROBUSTNESS_TOLERANCE)
+    tasks = sorted({r["task"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    n_min = min((g["n"] for g in summaries), default=0)
+    n_ref = max((g["n"] for g in summaries if g["optimizer"] == REFERENCE), default=0)
+    family_size = sum(c["metric"] == "eval_accuracy" for c in comparisons)
+    result = {
+        "task": tasks[0] if len(tasks) == 1 else tasks,
+        "n_runs": len(runs),
+        "optimizers": sorted({r["optimizer"] for r in runs}, key=_order_key),
+        "lr_grid": sorted({lr_grid(r) for r in runs}, key=_grid_order),
+        "seeds": seeds,
+        "command": config.get("command") or next((r.get("command") for r in runs if r.get("command")), None),
+        "environment": _environment(runs, config),
+        "run_config": next((r.get("config") for r in runs if r.get("config")), {}),
+        "threshold": thr,
+        "alpha": alpha,
+        "confidence": confidence,
+        "n_resamples": n_resamples,
+        "bootstrap_seed": seed,
+        "methods": {
+            "ci": f"percentile bootstrap of the mean over seeds, {n_resamples} resamples, seed {seed}",
+            "tests": "Welch's t test (primary) and Mann-Whitney U (exact permutation distribution when "
+            f"feasible), two-sided; Holm-adjusted within each metric over its {family_size} "
+            "AdaOpt-vs-baseline comparison(s)",
+            "significance": f"Holm-adjusted Welch p < {alpha} (Mann-Whitney when steps to threshold are censored)",
+            "effect_sizes": "Hedges' g (bias-corrected Cohen's d) and Cliff's delta = P(AdaOpt > baseline) - "
+            "P(AdaOpt < baseline)",
+            "mwu_floor": {
+                "n_per_group": n_min,
+                "smallest_p": stats.min_mann_whitney_p(n_ref or n_min, n_min) if n_min else None,
+                "family_size": family_size,
+            },
+        },
+        "groups": summaries,
+        "comparisons": comparisons,
+        "lr_sweep": sweep,
+    }
+    result["summary"] = plain_summary(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# text
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}"
+
+
+def _num(v: float | None, fmt: str = ".4g") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _pval(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _fmt_summary(s: dict, scale: float = 1.0, digits: int = 2, ci: bool = True) -> str:
+    if not s["n"]:
+        return "–"
+    m = f"{s['mean'] * scale:.{digits}f}"
+    sd = "" if math.isnan(s["std"]) else f" ± {s['std'] * scale:.{digits}f}"
+    if ci and not math.isnan(s["ci_low"]):
+        return f"{m}{sd} [{s['ci_low'] * scale:.{digits}f}, {s['ci_high'] * scale:.{digits}f}]"
+    return m + sd
+
+
+def _label(name: str, grid: float | None, multi_lr: bool) -> str:
+    if not multi_lr:
+        return name
+    return f"{name} @ default lr" if grid is None else f"{name} @ {grid:g}"
+
+
+def plain_summary(result: dict) -> list[str]:
+    """Sentences that say which AdaOpt-vs-baseline differences are significant and which are not."""
+    alpha = result["alpha"]
+    multi_lr = len(result["lr_grid"]) > 1
+    lines = []
+    for metric, label, _unit, _ in TESTED_METRICS:
+        rows = [c for c in result["comparisons"] if c["metric"] == metric]
+        if not rows:
+            continue
+        better = [c for c in rows if c["better"] == REFERENCE]
+        worse = [c for c in rows if c["significant"] and c["better"] != REFERENCE]
+        same = [c for c in rows if not c["significant"] and not c["censored"]]
+        same_censored = [c for c in rows if not c["significant"] and c["censored"]]
+
+        def names(cs):
+            return ", ".join(_label(c["baseline"], c["lr_grid"], multi_lr) for c in cs)
+
+        parts = []
+        if better:
+            parts.append(f"AdaOpt is significantly better than {names(better)}")
+        if worse:
+            parts.append(f"significantly worse than {names(worse)}")
+        if same:
+            parts.append(f"not significantly different from {names(same)}")
+        if same_censored:
+            parts.append(
+                f"no significant difference in the rank test with unreached runs ranked last for {names(same_censored)}"
+            )
+        lines.append(f"**{label.capitalize()}**: " + "; ".join(parts) + f" (Holm-adjusted, α = {alpha}).")
+    floor = result["methods"]["mwu_floor"]
+    if floor["smallest_p"] is not None and floor["family_size"]:
+        smallest_adj = min(1.0, floor["smallest_p"] * floor["family_size"])
+        if smallest_adj >= alpha:
+            lines.append(
+                f"With {floor['n_per_group']} seeds per optimizer the smallest possible two-sided Mann-Whitney p "
+                f"is {floor['smallest_p']:.4f}; after Holm over {floor['family_size']} comparisons it is at least "
+                f"{smallest_adj:.3f}, so the rank test cannot reach α = {alpha} here — run more seeds "
+                "(`--seeds`) for a non-parametric confirmation."
+            )
+    thr = result["threshold"]
+    unreached = [
+        f"{_label(g['optimizer'], g['lr_grid'], multi_lr)} ({g['reached_threshold']}/{g['n']})"
+        for g in result["groups"]
+        if g["reached_threshold"] < g["n"]
+    ]
+    if unreached:
+        lines.append(
+            f"Runs that did not all reach the convergence threshold ({_pct(thr['value'])}% eval accuracy): "
+            + ", ".join(unreached)
+            + "."
+        )
+    if result["lr_sweep"]:
+        for name, sw in result["lr_sweep"]["optimizers"].items():
+            r = sw["vs_overall_best"]
+            lines.append(
+                f"LR sweep, {name}: {r['n_within']} of {r['n_total']} initial learning rates end within 1 point of "
+                f"the best result ({_pct(r['reference'])}%), a contiguous span of {r['span_decades']:g} decades."
+            )
+    return lines
+
+
+def summary_table(result: dict) -> str:
+    """The console/markdown table: one row per (optimizer, lr) with the headline numbers and AdaOpt tests."""
+    multi_lr = len(result["lr_grid"]) > 1
+    acc_test = {
+        (c["baseline"], c["lr_grid"]): c for c in result["comparisons"] if c["metric"] == "eval_accuracy"
+    }
+    header = [
+        "optimizer",
+        "lr",
+        "n",
+        "eval acc % (mean ± std [95% CI])",
+        "eval loss",
+        "train s",
+        f"steps→{_pct(result['threshold']['value'], 1)}%",
+        "lr CV",
+        "Δacc vs AdaOpt (pts)",
+        "p Welch (Holm)",
+    ]
+    rows = []
+    for g in result["groups"]:
+        m = g["metrics"]
+        c = acc_test.get((g["optimizer"], g["lr_grid"]))
+        steps = m["steps_to_threshold"]
+        steps_txt = (
+            f"{steps['mean']:.0f} ({g['reached_threshold']}/{g['n']})" if steps["n"] else f"– (0/{g['n']})"
+        )
+        rows.append(
+            [
+                _label(g["optimizer"], g["lr_grid"], multi_lr),
+                f"{g['learning_rate']:g}",
+                str(g["n"]),
+                _fmt_summary(m["eval_accuracy"], 100, 2),
+                _fmt_summary(m["eval_loss"], 1, 4, ci=False),
+                _fmt_summary(m["train_time_s"], 1, 1, ci=False),
+                steps_txt,
+                _num(m["lr_cv"]["mean"], ".3f"),
+                "ref" if g["optimizer"] == REFERENCE else (f"{-100 * c['mean_diff']:+.2f}" if c else "–"),
+                "" if g["optimizer"] == REFERENCE else (_pval(c["welch_p_holm"]) if c else "–"),
+            ]
+        )
+    return _markdown_table(header, rows)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def comparison_table(result: dict) -> str:
+    multi_lr = len(result["lr_grid"]) > 1
+    header = [
+        "metric",
+        "baseline",
+        "Δ mean (AdaOpt − base) [95% CI]",
+        "Welch p",
+        "Welch p (Holm)",
+        "MWU p",
+        "MWU p (Holm)",
+        "Hedges' g",
+        "Cliff's δ",
+        "significant",
+    ]
+    rows = []
+    for c in result["comparisons"]:
+        scale, digits = (
+            (100, 2) if c["metric"] == "eval_accuracy" else (1, 4 if c["metric"] == "eval_loss" else 1)
+        )
+        diff = "censored" if c["censored"] else f"{c['mean_diff'] * scale:+.{digits}f}"
+        if not c["censored"] and not math.isnan(c["diff_ci_low"]):
+            diff += f" [{c['diff_ci_low'] * scale:+.{digits}f}, {c['diff_ci_high'] * scale:+.{digits}f}]"
+        verdict = "no"
+        if c["significant"]:
+            verdict = "yes, AdaOpt better" if c["better"] == REFERENCE else f"yes, {c['baseline']} better"
+        rows.append(
+            [
+                c["metric_label"] + (" (pts)" if c["metric"] == "eval_accuracy" else ""),
+                _label(c["baseline"], c["lr_grid"], multi_lr),
+                diff,
+                _pval(c["welch_p"]),
+                _pval(c["welch_p_holm"]),
+                _pval(c["mwu_p"]),
+                _pval(c["mwu_p_holm"]),
+                _num(c["hedges_g"], ".2f"),
+                _num(c["cliffs_delta"], ".2f"),
+                verdict,
+            ]
+        )
+    return _markdown_table(header, rows)
+
+
+def _fmt_eval_dict(d: dict) -> str:
+    # The Trainer prints its metrics dict with Python's repr: {'eval_loss': 0.12, 'eval_accuracy': 0.96, ...}
+    return repr({k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()})
+
+
+def render_markdown(result: dict, plots: Sequence[str]) -> str:
+    thr = result["threshold"]
+    multi_lr = len(result["lr_grid"]) > 1
+    env = result["environment"]
+    cfg = result["run_config"] or {}
+    out = [f"# Optimizer comparison: {result['task']}", ""]
+    out += [
+        f"{result['n_runs']} runs: optimizers {', '.join(result['optimizers'])}; seeds "
+        f"{', '.join(map(str, result['seeds']))}; initial learning rate(s) "
+        + ", ".join("per-optimizer default" if g is None else f"{g:g}" for g in result["lr_grid"])
+        + ".",
+        "",
+        "## Summary",
+        "",
+        *[f"- {s}" for s in result["summary"]],
+        "",
+        summary_table(result),
+        "",
+        "## Setup",
+        "",
+        "Command:",
+        "",
+        "```",
+        str(result["command"] or "(not recorded)"),
+        "```",
+        "",
+    ]
+    if cfg:
+        out += [
+            "Per-run configuration (shared by all runs):",
+            "",
+            "```json",
+            json.dumps(cfg, indent=1, sort_keys=True),
+            "```",
+            "",
+        ]
+    out += ["Environment:", "", "| item | value |", "|---|---|"]
+    for k, v in sorted(env.items()):
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b}" for a, b in sorted(v.items()))
+        out.append(f"| {k} | {v} |")
+    out += [
+        "",
+        "## Results per optimizer",
+        "",
+        "Mean ± sample std over seeds [95% percentile-bootstrap CI of the mean]. Training time is the Trainer's "
+        "`train_runtime` (includes the per-epoch evaluations).",
+        "",
+    ]
+    header = [
+        "optimizer",
+        "lr",
+        "n",
+        "eval accuracy (%)",
+        "eval loss",
+        "train time (s)",
+        "steps to threshold",
+        "epochs to threshold",
+        "lr variance",
+        "lr CV",
+    ]
+    rows = []
+    for g in result["groups"]:
+        m = g["metrics"]
+        rows.append(
+            [
+                _label(g["optimizer"], g["lr_grid"], multi_lr),
+                f"{g['learning_rate']:g}",
+                str(g["n"]),
+                _fmt_summary(m["eval_accuracy"], 100, 2),
+                _fmt_summary(m["eval_loss"], 1, 4),
+                _fmt_summary(m["train_time_s"], 1, 1),
+                (
+                    _fmt_summary(m["steps_to_threshold"], 1, 0)
+                    + f" ({g['reached_threshold']}/{g['n']} reached)"
+                ),
+                _fmt_summary(m["epochs_to_threshold"], 1, 2, ci=False),
+                _num(m["lr_variance"]["mean"], ".3g"),
+                _fmt_summary(m["lr_cv"], 1, 3, ci=False),
+            ]
+        )
+    out += [_markdown_table(header, rows), ""]
+    if thr["mode"] == "absolute":
+        out.append(
+            f"Convergence threshold: eval accuracy ≥ {_pct(thr['value'])}% (given with `--threshold`)."
+        )
+    else:
+        ref = thr["reference"] or {}
+        out.append(
+            f"Convergence threshold: eval accuracy ≥ {_pct(thr['value'])}% = {thr['fraction']:g} × the best final "
+            f"mean accuracy ({_pct(ref.get('mean_eval_accuracy'))}%, "
+            f"{_label(ref.get('optimizer', '?'), ref.get('lr_grid'), multi_lr)}). Steps/epochs to "
+            "threshold are at the resolution of the evaluation interval; means are over the runs that reached it."
+        )
+    out += [
+        "",
+        "LR stability: variance and coefficient of variation (std / mean) of the learning rate the optimizer "
+        "recorded at every optimizer step (AdaOpt: its effective lr). Optimizers run with a constant schedule "
+        "whose step size is the fixed `lr` (SGD, Adam, AdamW, RMSprop) have 0 by construction; for the "
+        "learning-rate-free peers the value is whatever their `param_groups[0]['lr']` holds.",
+        "",
+        "## AdaOpt vs baselines",
+        "",
+        result["methods"]["tests"]
+        + ". "
+        + result["methods"]["effect_sizes"]
+        + ". Significant: "
+        + result["methods"]["significance"]
+        + ".",
+        "",
+    ]
+    if result["comparisons"]:
+        out += [comparison_table(result), ""]
+    else:
+        out += ["(no AdaOpt runs, or no baseline at the same initial learning rate: nothing to compare)", ""]
+    if result["lr_sweep"]:
+        sw = result["lr_sweep"]
+        out += [
+            "## Learning-rate sensitivity",
+            "",
+            f"Initial learning rates whose mean final accuracy ends within {100 * sw['tolerance']:g} point of the "
+            f"best result over all optimizers ({_pct(sw['overall_best'])}%), and of the optimizer's own best.",
+            "",
+        ]
+        rows = []
+        for name, o in sw["optimizers"].items():
+            a, b = o["vs_overall_best"], o["vs_own_best"]
+            rows.append(
+                [
+                    name,
+                    f"{a['n_within']}/{a['n_total']}",
+                    f"{a['span_decades']:g}",
+                    f"{b['n_within']}/{b['n_total']}",
+                    f"{b['span_decades']:g}",
+                    ", ".join(f"{x['learning_rate']:g}: {_pct(x['mean'])}" for x in o["by_lr"]),
+                ]
+            )
+        out += [
+            _markdown_table(
+                [
+                    "optimizer",
+                    "within 1 pt of best",
+                    "span (decades)",
+                    "within 1 pt of own best",
+                    "span (decades)",
+                    "mean accuracy % by lr",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if plots:
+        out += ["## Plots", ""]
+        captions = {
+            PLOT_FILES["accuracy"]: "Eval accuracy vs step (mean over seeds, 95% bootstrap CI band)",
+            PLOT_FILES["loss"]: "Eval loss vs step (mean over seeds, 95% bootstrap CI band)",
+            PLOT_FILES[
+                "lr"
+            ]: "Learning rate over training (AdaOpt: effective lr), one line per run, log scale",
+            PLOT_FILES["final"]: "Final eval accuracy per run, with the mean and its 95% CI",
+            PLOT_FILES["sensitivity"]: "Final eval accuracy vs initial learning rate (mean, 95% CI)",
+        }
+        for p in plots:
+            out += [f"![{captions.get(p, p)}]({p})", ""]
+    out += ["## Final eval dicts (Trainer format)", ""]
+    for g in result["groups"]:
+        out += [f"**{_label(g['optimizer'], g['lr_grid'], multi_lr)}**", "", "```"]
+        out += [f"seed {s}: {_fmt_eval_dict(d)}" for s, d in zip(g["seeds"], g["final_eval"], strict=False)]
+        out += ["```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plots
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    out, i = {}, 0
+    for n in names:
+        if n == REFERENCE:
+            out[n] = "black"
+        else:
+            out[n] = cmap(i % 10)
+            i += 1
+    return out
+
+
+def _new_figure(n_panels: int, width: float = 6.4, height: float = 4.2, max_cols: int = 3):
+    """A figure with n_panels axes in a grid of at most `max_cols` columns; returns (fig, flat list of axes)."""
+    from matplotlib.figure import Figure
+
+    ncols = min(n_panels, max_cols)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).reshape(-1))
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _aligned_curves(runs: Sequence[dict], key: str) -> tuple[list[float], list[list[float]]]:
+    """Steps common to every run of the group and the runs' values there (finite values only)."""
+    curves = []
+    for r in runs:
+        steps, _, vals = eval_curve(r, key)
+        curves.append({s: v for s, v in zip(steps, vals, strict=False) if v is not None and math.isfinite(v)})
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return common, [[c[s] for s in common] for c in curves]
+
+
+def plot_curves(groups, key: str, ylabel: str, path: str, seed: int, scale: float = 1.0) -> bool:
+    lrs = sorted({lr for _, lr in groups}, key=_grid_order)
+    names = sorted({n for n, _ in groups}, key=_order_key)
+    colors = _colors(names)
+    fig, axes = _new_figure(len(lrs))
+    drawn = False
+    for ax, lr in zip(axes, lrs, strict=False):
+        for name in names:
+            runs = groups.get((name, lr))
+            if not runs:
+                continue
+            steps, mat = _aligned_curves(runs, key)
+            if not steps:
+                continue
+            arr = np.asarray(mat) * scale
+            mean_curve = arr.mean(axis=0)
+            lw = 2.4 if name == REFERENCE else 1.4
+            ax.plot(
+                steps,
+                mean_curve,
+                color=colors[name],
+                lw=lw,
+                marker="o",
+                ms=3,
+                label=f"{name} (n={len(runs)})",
+            )
+            if arr.shape[0] > 1:
+                low, high = stats.bootstrap_ci_curve(arr, seed=seed)
+                ax.fill_between(steps, low, high, color=colors[name], alpha=0.18, lw=0)
+            drawn = True
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(lrs) > 1:
+            ax.set_title("default lr" if lr is None else f"initial lr {lr:g}")
+        if key == "eval_loss":
+            ax.set_yscale("log")
+        if key == "eval_accuracy":
+            top = max((line.get_ydata().max() for line in ax.get_lines()), default=1.0)
+            ax.set_ylim(bottom=max(0.0, min(ax.get_ylim()[0], top - 0.3 * scale)))
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{ylabel} vs step — mean over seeds, 95% bootstrap CI band")
+    if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def plot_lr(groups, path: str) -> bool:
+    lrs = sorted({lr for _, lr in groups}, key=_grid_order)
+    names = sorted({n for n, _ in groups}, key=_order_key)
+    colors = _colors(names)
+    fig, axes = _new_figure(len(lrs))
+    drawn = False
+    for ax, lr in zip(axes, lrs, strict=False):
+        for name in names:
+            for i, r in enumerate(groups.get((name, lr), [])):
+                traj = r.get("lr_trajectory") or {}
+                steps, vals = traj.get("step", []), traj.get("lr", [])
+                pts = [(s, v) for s, v in zip(steps, vals, strict=False) if v is not None and math.isfinite(v) and v > 0]
+                if not pts:
+                    continue
+                xs, ys = zip(*pts, strict=False)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colors[name],
+                    lw=2.0 if name == REFERENCE else 1.2,
+                    alpha=0.75,
+                    label=name if i == 0 else None,
+                )
+                drawn = True
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("learning rate (AdaOpt: effective)")
+        ax.grid(alpha=0.3, which="both")
+        if len(lrs) > 1:
+            ax.set_title("default lr" if lr is None else f"initial lr {lr:g}")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Learning rate over training, one line per run")
+    if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def plot_final(result: dict, groups, path: str) -> bool:
+    multi_lr = len(result["lr_grid"]) > 1
+    colors = _colors(result["optimizers"])
+    fig, axes = _new_figure(1, width=max(6.4, 0.9 * len(result["groups"]) + 2))
+    ax = axes[0]
+    rng = np.random.default_rng(0)
+    labels = []
+    for i, g in enumerate(result["groups"]):
+        vals = np.asarray(_finite(g["metrics"]["eval_accuracy"]["values"])) * 100
+        labels.append(_label(g["optimizer"], g["lr_grid"], multi_lr))
+        if not vals.size:
+            continue
+        ax.scatter(
+            i + rng.uniform(-0.12, 0.12, vals.size), vals, s=18, color=colors[g["optimizer"]], alpha=0.7
+        )
+        s = g["metrics"]["eval_accuracy"]
+        ax.plot([i - 0.25, i + 0.25], [s["mean"] * 100] * 2, color="black", lw=2)
+        if not math.isnan(s["ci_low"]):
+            ax.errorbar(
+                i + 0.3,
+                s["mean"] * 100,
+                yerr=[[100 * (s["mean"] - s["ci_low"])], [100 * (s["ci_high"] - s["mean"])]],
+                color="black",
+                capsize=3,
+                lw=1,
+            )
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if len(labels) > 5 else 0,
+        ha="right" if len(labels) > 5 else "center",
+    )
+    ax.set_ylabel("final eval accuracy (%)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("Final eval accuracy per run (bar: mean, whisker: 95% CI)")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def plot_sensitivity(result: dict, path: str) -> bool:
+    sweep = result["lr_sweep"]
+    if not sweep:
+        return False
+    colors = _colors(list(sweep["optimizers"]))
+    fig, axes = _new_figure(1)
+    ax = axes[0]
+    for name, o in sweep["optimizers"].items():
+        rows = o["by_lr"]
+        xs = [r["learning_rate"] for r in rows]
+        ys = np.array([r["mean"] for r in rows]) * 100
+        lo = np.array([r["ci_low"] if r["ci_low"] is not None else np.nan for r in rows], dtype=float) * 100
+        hi = np.array([r["ci_high"] if r["ci_high"] is not None else np.nan for r in rows], dtype=float) * 100
+        ax.plot(xs, ys, marker="o", color=colors[name], lw=2.4 if name == REFERENCE else 1.4, label=name)
+        ok = ~np.isnan(lo)
+        if ok.any():
+            ax.fill_between(np.asarray(xs)[ok], lo[ok], hi[ok], color=colors[name], alpha=0.15, lw=0)
+    best = sweep["overall_best"] * 100
+    ax.axhline(best - 100 * sweep["tolerance"], color="grey", ls="--", lw=1, label="best − 1 pt")
+    ax.set_xscale("log")
+    ax.set_xlabel("initial learning rate")
+    ax.set_ylabel("final eval accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("LR sensitivity: final accuracy vs initial lr (mean, 95% CI)")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def make_plots(result: dict, runs: Sequence[dict], output_dir: str, seed: int = 0) -> list[str]:
+    groups = group_runs(runs)
+    made = []
+    if plot_curves(
+        groups,
+        "eval_accuracy",
+        "eval accuracy (%)",
+        os.path.join(output_dir, PLOT_FILES["accuracy"]),
+        seed,
+        100,
+    ):
+        made.append(PLOT_FILES["accuracy"])
+    if plot_curves(groups, "eval_loss", "eval loss", os.path.join(output_dir, PLOT_FILES["loss"]), seed):
+        made.append(PLOT_FILES["loss"])
+    if plot_lr(groups, os.path.join(output_dir, PLOT_FILES["lr"])):
+        made.append(PLOT_FILES["lr"])
+    if plot_final(result, groups, os.path.join(output_dir, PLOT_FILES["final"])):
+        made.append(PLOT_FILES["final"])
+    if plot_sensitivity(result, os.path.join(output_dir, PLOT_FILES["sensitivity"])):
+        made.append(PLOT_FILES["sensitivity"])
+    return made
+
+
+# ---------------------------------------------------------------------------------------------------------
+# files
+
+
+def _json_safe(obj: Any) -> Any:
+    """nan/inf -> None (strict JSON), numpy scalars -> Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def build_report(
+    output_dir: str,
+    threshold: float | None = None,
+    threshold_fraction: float | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
+    plots: bool = True,
+) -> dict:
+    """Recompute everything from `<output_dir>/results.jsonl`; write results.json, report.md and the plots.
+
+    threshold / threshold_fraction default to what compare_config.json recorded (else 95% of the best).
+    Returns the results.json content.
+    """
+    config = load_config(output_dir)
+    runs = load_results(output_dir)
+    if threshold is None and threshold_fraction is None:
+        threshold = config.get("threshold")
+    if threshold_fraction is None:
+        threshold_fraction = config.get("threshold_fraction") or DEFAULT_THRESHOLD_FRACTION
+    result = analyze(runs, config, threshold, threshold_fraction, alpha, n_resamples=n_resamples, seed=seed)
+    made = make_plots(result, runs, output_dir, seed) if plots else []
+    result["plots"] = made
+    _write_atomic(os.path.join(output_dir, "results.json"), json.dumps(_json_safe(result), indent=1) + "\n")
+    _write_atomic(os.path.join(output_dir, "report.md"), render_markdown(result, made))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-adaopt report",
+        description="Rebuild report.md, results.json and the plots of a comparison from its results.jsonl.",
+    )
+    parser.add_argument("output_dir", help="a directory written by `hf-adaopt compare`")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="absolute eval accuracy for steps-to-threshold (default: the compare run's setting)",
+    )
+    parser.add_argument(
+        "--threshold_fraction",
+        type=float,
+        default=None,
+        help="threshold = this fraction of the best final mean accuracy (default 0.95)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="significance level (Holm-adjusted)"
+    )
+    parser.add_argument(
+        "--n_resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples"
+    )
+    parser.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    try:
+        result = build_report(
+            args.output_dir,
+            args.threshold,
+            args.threshold_fraction,
+            args.alpha,
+            args.n_resamples,
+            plots=not args.no_plots,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"hf-adaopt report: error: {e}\n")
+    print(
+        f"wrote {os.path.join(args.output_dir, 'report.md')}, results.json and {len(result['plots'])} plots"
+    )
+    print()
+    print(summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
