@@ -202,7 +202,7 @@ def test_bootstrap_ci_curve_brackets_the_mean_curve():
     curves = [[0.1, 0.5, 0.9], [0.2, 0.6, 0.9], [0.3, 0.4, 0.9]]
     low, high = stats.bootstrap_ci_curve(curves, seed=0)
     means = np.mean(curves, axis=0)
-    assert all(lo <= m <= hi for lo, m, hi in zip(low, means, high))
+    assert all(lo <= m <= hi for lo, m, hi in zip(low, means, high, strict=True))
     assert low[2] == high[2] == 0.9  # no spread, no width
     low1, high1 = stats.bootstrap_ci_curve([[0.1, 0.2]])
     assert all(math.isnan(v) for v in low1 + high1)

@@ -1,0 +1,721 @@
+"""`hf-adaopt compare`: train every (optimizer, seed[, initial lr]) of a grid and report the statistics.
+
+    hf-adaopt compare                                    # digits, default optimizers, 5 seeds (CPU, minutes)
+    hf-adaopt compare --task cifar10 --optimizers adaopt,sgd,adam,rmsprop --seeds 5 --output_dir out/c10
+    hf-adaopt compare --task mnist --lr_sweep 1e-5,1e-4,1e-3,1e-2,1e-1
+    hf-adaopt compare --shard 0/2 & hf-adaopt compare --shard 1/2   # two processes share the grid
+    hf-adaopt report out/compare-digits                  # rebuild the report from the stored runs
+
+Every run is a `hf_adaopt.run.run_training` call, the Trainer path of `training_scripts/train.py`, with the
+argv that `hf-adaopt train` would get (options this command does not know, e.g. `--max_train_samples 500`
+or `--per_device_train_batch_size 64`, are passed through to every run). Each run writes its own directory
+`<output_dir>/runs/<run_id>/` (model, eval_results.json, trainer_state.json, lr_trajectory.json, run.log),
+and its summary is appended to `<output_dir>/results.jsonl` the moment it finishes (flushed and fsynced), so
+an interrupted comparison resumes where it stopped: runs already in results.jsonl are never run again. The
+run_id holds a hash of the run's configuration; a directory made with another configuration is refused
+unless `--overwrite_output_dir` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hf_adaopt import report as report_mod
+from hf_adaopt import stats
+
+logger = logging.getLogger(__name__)
+
+# The default grid: the seed experiment's optimizers (AdaOpt, SGD with momentum, Adam, RMSprop) plus AdamW.
+# The learning-rate-free peers (prodigy, dadapt, schedulefree, dog) are opt-in (`--optimizers all`), which
+# keeps the default comparison within 5 minutes on 2 CPU cores.
+DEFAULT_OPTIMIZERS = ("adaopt", "sgd", "adam", "adamw", "rmsprop")
+DEFAULT_SEEDS = 5
+# Epochs per run when --num_train_epochs is not given; other tasks use their DEFAULT_EPOCHS (the seed's).
+COMPARE_EPOCHS = {"digits": 10}
+# Trajectories longer than this are stored downsampled in results.jsonl (the stability metrics use all points).
+MAX_TRAJECTORY_POINTS = 1000
+RUNS_SUBDIR = "runs"
+ARTEFACTS = (
+    "results.jsonl",
+    "results.json",
+    "report.md",
+    "compare_config.json",
+    *report_mod.PLOT_FILES.values(),
+)
+
+# TrainingArguments fields that do not change what a run computes, or that compare sets per run: left out of
+# the configuration hash, so that e.g. a different --report_to does not invalidate finished runs.
+_HASH_EXCLUDED = {
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "seed",
+    "learning_rate",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_token",
+    "hub_private_repo",
+    "hub_always_push",
+    "hub_revision",
+    "report_to",
+    "disable_tqdm",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "save_safetensors",
+    "save_on_each_node",
+    "trackio_space_id",
+    "project",
+    "local_rank",
+    "logging_first_step",
+    "skip_memory_metrics",
+}
+# Compare options that must not reach the per-run parser because compare sets them per run.
+_PER_RUN_OPTIONS = ("--seed", "--optimizer", "--output_dir", "--push_to_hub", "--hub_model_id", "--task")
+# The training settings recorded with every run (the same subset as run_config.json).
+_RECORDED_TRAINING_ARGS = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "bf16",
+    "eval_strategy",
+    "eval_steps",
+    "logging_steps",
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid. lr None = the optimizer's default initial learning rate."""
+
+    task: str
+    optimizer: str
+    seed: int
+    lr: float | None
+
+    def sort_key(self) -> tuple:
+        return (self.task, self.lr is None, self.lr or 0.0, report_mod._order_key(self.optimizer), self.seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hf-adaopt compare",
+        description="Multi-seed comparison of optimizers on one task, with statistics, plots and a report. "
+        "Options not listed here (e.g. --max_train_samples, --per_device_train_batch_size, --bf16) are passed "
+        "to every run as `hf-adaopt train` options.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--task", default="digits", help="digits (offline default) | mnist | cifar10 | imdb | squad"
+    )
+    p.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        help=f"comma-separated names, or 'all' for every installed one (default: {','.join(DEFAULT_OPTIMIZERS)})",
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS})")
+    seeds.add_argument("--seed_list", default=None, help="explicit comma-separated seeds, e.g. 0,1,2,42")
+    lrs = p.add_mutually_exclusive_group()
+    lrs.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="initial lr for every optimizer (default: each optimizer's default, 1e-3 for AdaOpt, "
+        "SGD, Adam, AdamW, RMSprop; 1.0 for the lr-free peers)",
+    )
+    lrs.add_argument(
+        "--lr_sweep",
+        default=None,
+        help="comma-separated initial learning rates: every optimizer runs at each, e.g. 1e-5,1e-4,1e-3",
+    )
+    p.add_argument(
+        "--num_train_epochs",
+        type=float,
+        default=None,
+        help=f"epochs per run (default: digits {COMPARE_EPOCHS['digits']:g}, other tasks their training default)",
+    )
+    p.add_argument("--output_dir", default=None, help="default out/compare-<task>")
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="delete this command's artefacts in --output_dir and start over (default: resume)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only the I-th of N interleaved parts of the grid (0 <= I < N), e.g. 0/2 and 1/2 in "
+        "two processes sharing --output_dir",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="absolute eval accuracy for steps/epochs-to-threshold (default: --threshold_fraction of the "
+        "best final mean accuracy across optimizers)",
+    )
+    p.add_argument(
+        "--threshold_fraction",
+        type=float,
+        default=report_mod.DEFAULT_THRESHOLD_FRACTION,
+        help="threshold = this fraction x the best final mean accuracy (default 0.95)",
+    )
+    p.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="after the report is written, push the comparison to --hub_model_id (a dataset repo)",
+    )
+    p.add_argument("--hub_model_id", default=None, help="'namespace/name' of the repo for --push_to_hub")
+    p.add_argument(
+        "--hub_token", default=None, help="token for --push_to_hub (default: HF_TOKEN or the login)"
+    )
+    p.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
+    return p
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need N >= 1 and 0 <= I < N (shards are numbered from 0)")
+    return (i, n)
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise ValueError(f"{option} needs positive learning rates, got {text!r}")
+    return sorted(set(values))
+
+
+def resolve_optimizers(text: str) -> list[str]:
+    from hf_adaopt.baselines import OPTIMIZERS, available_optimizers
+
+    available = available_optimizers()
+    if text.strip() == "all":
+        return available
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(
+            f"unknown optimizer(s) {unknown} in --optimizers; choose from {', '.join(OPTIMIZERS)}"
+        )
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(
+            f"optimizer(s) {missing} need packages that are not installed: pip install 'hf-adaopt[peers]'"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--optimizers lists a name twice: {text!r}")
+    return names
+
+
+def build_grid(
+    task: str, optimizers: Sequence[str], seeds: Sequence[int], lrs: Sequence[float | None]
+) -> list[RunSpec]:
+    """The full grid in its canonical order (task, lr, optimizer, seed)."""
+    grid = [RunSpec(task, o, s, lr) for lr in lrs for o in optimizers for s in seeds]
+    return sorted(grid, key=RunSpec.sort_key)
+
+
+def shard_grid(grid: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """Every count-th run starting at index: the shards partition the grid and interleave optimizers."""
+    return [spec for i, spec in enumerate(sorted(grid, key=RunSpec.sort_key)) if i % count == index]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-run configuration
+
+
+def run_argv(spec: RunSpec, passthrough: Sequence[str], run_dir: str, epochs: float | None) -> list[str]:
+    """The `hf-adaopt train` argv of one run."""
+    argv = list(passthrough)
+    argv += [
+        "--task",
+        spec.task,
+        "--optimizer",
+        spec.optimizer,
+        "--seed",
+        str(spec.seed),
+        "--output_dir",
+        run_dir,
+    ]
+    if spec.lr is not None:
+        argv += ["--learning_rate", repr(spec.lr)]
+    if epochs is not None:
+        argv += ["--num_train_epochs", repr(epochs)]
+    if not any(a == "--report_to" or a.startswith("--report_to=") for a in passthrough):
+        argv += ["--report_to", "none"]
+    # quiet per-run Trainer: no tqdm bars, warnings only (the log goes to the run's run.log)
+    argv += ["--disable_tqdm", "True", "--log_level", "warning"]
+    return argv
+
+
+def canonical_config(task_args, opt_args, training_args) -> dict:
+    """What determines a run's result apart from its grid coordinates (optimizer, seed, lr)."""
+    targs = {k: v for k, v in training_args.to_dict().items() if k not in _HASH_EXCLUDED and "token" not in k}
+    task = {k: v for k, v in asdict(task_args).items() if k != "cache_dir"}
+    opt = {k: v for k, v in asdict(opt_args).items() if k != "optimizer"}
+    return {"task_args": task, "optimizer_args": opt, "training_args": targs}
+
+
+def config_hash(config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def recorded_config(task_args, opt_args, training_args) -> dict:
+    """The compact configuration stored with every run (shown in the report)."""
+    targs = {k: getattr(training_args, k) for k in _RECORDED_TRAINING_ARGS if hasattr(training_args, k)}
+    targs = {k: (v.value if hasattr(v, "value") else v) for k, v in targs.items()}
+    task = {k: v for k, v in asdict(task_args).items() if v is not None and k != "cache_dir"}
+    opt = {k: v for k, v in asdict(opt_args).items() if k != "optimizer"}
+    return {**task, **opt, **targs}
+
+
+def run_id(spec: RunSpec, chash: str) -> str:
+    lr = "default" if spec.lr is None else f"{spec.lr:g}"
+    return f"{spec.task}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# environment and records
+
+
+def environment() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in (
+        "hf_adaopt",
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "numpy",
+        "scipy",
+        "prodigyopt",
+        "dadaptation",
+        "schedulefree",
+        "dog",
+    ):
+        try:
+            mod = importlib.import_module(name)
+            versions[name] = getattr(mod, "__version__", "installed")
+        except ImportError:
+            continue
+    import torch
+
+    if torch.cuda.is_available():
+        device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    else:
+        device = f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return {"versions": versions, "device": device, "platform": platform.platform()}
+
+
+def _downsample(traj: dict, max_points: int = MAX_TRAJECTORY_POINTS) -> dict:
+    steps = traj.get("step", [])
+    n = len(steps)
+    lists = {k: list(v) for k, v in traj.items() if isinstance(v, (list, tuple)) and len(v) == n}
+    if n <= max_points:
+        return lists
+    idx = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return {k: [v[i] for i in idx] for k, v in lists.items()}
+
+
+def _clean_number(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def make_record(
+    spec: RunSpec,
+    rid: str,
+    chash: str,
+    result: dict,
+    training_args,
+    config: dict,
+    elapsed: float,
+    env: dict,
+    command: str,
+    argv: Sequence[str],
+    run_dir: str,
+    threshold: float | None,
+) -> dict:
+    """The results.jsonl line of one finished run."""
+    history = result.get("log_history", [])
+    curve: dict[int, dict] = {}
+    for entry in history:
+        if "eval_accuracy" in entry or "eval_loss" in entry:
+            curve[entry["step"]] = {
+                "step": entry["step"],
+                "epoch": entry.get("epoch"),
+                "eval_loss": _clean_number(entry.get("eval_loss")),
+                "eval_accuracy": _clean_number(entry.get("eval_accuracy")),
+            }
+    eval_curve = [curve[s] for s in sorted(curve)]
+    train_curve = [{"step": e["step"], "loss": _clean_number(e["loss"])} for e in history if "loss" in e]
+    traj = result.get("lr_trajectory") or {}
+    lr_values = [v for v in traj.get("lr", []) if v is not None and math.isfinite(v)]
+    lr_stats = stats.lr_stability(lr_values)
+    ev, tr = dict(result.get("eval", {})), dict(result.get("train", {}))
+    metrics = {
+        "train_time_s": tr.get("train_runtime"),
+        "final_eval_accuracy": ev.get("eval_accuracy"),
+        "final_eval_loss": _clean_number(ev.get("eval_loss")),
+        "best_eval_accuracy": max(
+            (p["eval_accuracy"] for p in eval_curve if p["eval_accuracy"] is not None), default=None
+        ),
+        "total_steps": max([e.get("step", 0) for e in history] + list(traj.get("step", [])) + [0]),
+        **{f"lr_{k}": _clean_number(v) for k, v in lr_stats.items() if k != "n"},
+    }
+    if threshold is not None:
+        acc = [
+            (p["step"], p["epoch"], p["eval_accuracy"]) for p in eval_curve if p["eval_accuracy"] is not None
+        ]
+        metrics["threshold"] = threshold
+        metrics["steps_to_threshold"] = stats.steps_to_threshold(
+            [a[0] for a in acc], [a[2] for a in acc], threshold
+        )
+        metrics["epochs_to_threshold"] = stats.steps_to_threshold(
+            [a[1] for a in acc], [a[2] for a in acc], threshold
+        )
+    return {
+        "task": spec.task,
+        "optimizer": spec.optimizer,
+        "seed": spec.seed,
+        "learning_rate": float(training_args.learning_rate),
+        "lr_grid": spec.lr,
+        "run_id": rid,
+        "config_hash": chash,
+        "eval": {k: _clean_number(v) for k, v in ev.items()},
+        "train": {k: _clean_number(v) for k, v in tr.items()},
+        "eval_curve": eval_curve,
+        "train_loss_curve": train_curve,
+        "lr_trajectory": _downsample(traj),
+        "metrics": metrics,
+        "elapsed_s": elapsed,
+        "config": config,
+        "run_dir": os.path.relpath(run_dir),
+        "train_command": "hf-adaopt train " + shlex.join(argv),
+        "command": command,
+        "environment": {**env["versions"], "device": env["device"]},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def append_record(path: str, record: dict) -> None:
+    """Append one JSON line and make it durable (flush + fsync); a file lock keeps shards' lines whole."""
+    line = json.dumps(record, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no flock (Windows, some network filesystems): single writer assumed
+            fcntl = None
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def finished_run_ids(output_dir: str) -> set[str]:
+    path = os.path.join(output_dir, report_mod.RESULTS_FILE)
+    if not os.path.isfile(path):
+        return set()
+    return {r["run_id"] for r in report_mod.load_results(output_dir)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output directory
+
+
+def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
+    """Resume by default; refuse a directory made with another configuration unless overwrite is set."""
+    if overwrite:
+        for name in ARTEFACTS:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, name))
+        shutil.rmtree(os.path.join(output_dir, RUNS_SUBDIR), ignore_errors=True)
+    os.makedirs(os.path.join(output_dir, RUNS_SUBDIR), exist_ok=True)
+    existing = report_mod.load_config(output_dir)
+    old = existing.get("config_hash")
+    if old is None and os.path.isfile(os.path.join(output_dir, report_mod.RESULTS_FILE)):
+        old = next(iter({r.get("config_hash") for r in report_mod.load_results(output_dir)} - {None}), None)
+    if old is not None and old != chash:
+        raise ValueError(
+            f"{output_dir} holds a comparison made with another run configuration (config hash {old}, this "
+            f"command's is {chash}: epochs, task or training options differ). Pass --overwrite_output_dir to "
+            "delete it and start over, or choose another --output_dir."
+        )
+
+
+def write_config(output_dir: str, payload: dict) -> None:
+    path = os.path.join(output_dir, report_mod.CONFIG_FILE)
+    old = report_mod.load_config(output_dir)
+    commands = list(old.get("commands", []))
+    if payload["command"] not in commands:
+        commands.append(payload["command"])
+    payload = {**payload, "commands": commands}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quiet runs
+
+
+@contextlib.contextmanager
+def _run_output_to(log_path: str):
+    """Send one run's console output (prints, warnings, log records) to its run.log."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        swapped = []
+        for name in (None, "transformers", "hf_adaopt", "accelerate", "datasets"):
+            for h in logging.getLogger(name).handlers:
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    previous = h.setStream(log)
+                    if previous is not None:
+                        swapped.append((h, previous))
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield log
+        finally:
+            for h, stream in swapped:
+                h.setStream(stream)
+
+
+def _quiet_libraries() -> None:
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, passthrough = parser.parse_known_args(argv)
+    console = sys.stderr
+    try:
+        for opt in _PER_RUN_OPTIONS:
+            if any(a == opt or a.startswith(opt + "=") for a in passthrough):
+                raise ValueError(
+                    f"{opt} is set per run by compare; use --seeds/--seed_list, --optimizers, --output_dir, "
+                    "--push_to_hub/--hub_model_id of `hf-adaopt compare` instead"
+                )
+        if args.push_to_hub and not args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id 'namespace/name'")
+        shard_index, shard_count = parse_shard(args.shard)
+        optimizers = resolve_optimizers(args.optimizers)
+        if args.seed_list is not None:
+            seeds = sorted({int(x) for x in args.seed_list.split(",") if x.strip()})
+        else:
+            n = DEFAULT_SEEDS if args.seeds is None else args.seeds
+            if n < 1:
+                raise ValueError(f"--seeds must be >= 1, got {n}")
+            seeds = list(range(n))
+        if args.lr_sweep is not None:
+            lrs: list[float | None] = _float_list(args.lr_sweep, "--lr_sweep")
+        elif args.learning_rate is not None:
+            lrs = _float_list(repr(args.learning_rate), "--learning_rate")
+        else:
+            lrs = [None]
+        if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+            raise ValueError(f"--threshold is an eval accuracy in (0, 1], got {args.threshold}")
+    except ValueError as e:
+        parser.error(str(e))
+
+    from hf_adaopt import run as run_mod
+
+    _quiet_libraries()
+    task = args.task
+    output_dir = args.output_dir or os.path.join("out", f"compare-{task}")
+    epochs = args.num_train_epochs if args.num_train_epochs is not None else COMPARE_EPOCHS.get(task)
+    command = "hf-adaopt compare " + shlex.join(argv)
+
+    # The configuration every run shares, from a probe parse of a run's argv (AdaOpt, seed 0).
+    probe = run_argv(RunSpec(task, "adaopt", 0, None), passthrough, os.path.join(output_dir, "probe"), epochs)
+    p_task, p_opt, p_train = run_mod.parse_args(probe)
+    shared_hash = config_hash(canonical_config(p_task, p_opt, p_train))
+    try:
+        prepare_output_dir(output_dir, shared_hash, args.overwrite_output_dir)
+    except ValueError as e:
+        parser.error(str(e))
+    env = environment()
+    write_config(
+        output_dir,
+        {
+            "command": command,
+            "args": vars(args),
+            "passthrough": passthrough,
+            "config_hash": shared_hash,
+            "run_config": canonical_config(p_task, p_opt, p_train),
+            "threshold": args.threshold,
+            "threshold_fraction": args.threshold_fraction,
+            "grid": {"task": task, "optimizers": optimizers, "seeds": seeds, "learning_rates": lrs},
+            "environment": env,
+        },
+    )
+
+    grid = build_grid(task, optimizers, seeds, lrs)
+    mine = shard_grid(grid, shard_index, shard_count)
+    done = finished_run_ids(output_dir)
+    plans = []
+    for spec in mine:
+        run_dir = os.path.join(output_dir, RUNS_SUBDIR, "pending")
+        spec_argv = run_argv(spec, passthrough, run_dir, epochs)
+        t_args, o_args, tr_args = run_mod.parse_args(spec_argv)
+        chash = config_hash(canonical_config(t_args, o_args, tr_args))
+        rid = run_id(spec, chash)
+        if rid not in done:
+            plans.append((spec, rid, chash))
+    shard_txt = f" (shard {shard_index}/{shard_count}: {len(mine)})" if shard_count > 1 else ""
+    print(
+        f"compare {task}: {len(grid)} runs in the grid{shard_txt}, {len(mine) - len(plans)} already finished "
+        f"in {output_dir}, {len(plans)} to run",
+        file=console,
+        flush=True,
+    )
+
+    from tqdm.auto import tqdm
+
+    results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
+    with tqdm(total=len(plans), desc="runs", unit="run", file=console, dynamic_ncols=True) as bar:
+        for spec, rid, chash in plans:
+            run_dir = os.path.join(output_dir, RUNS_SUBDIR, rid)
+            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier attempt that did not finish
+            os.makedirs(run_dir)
+            spec_argv = run_argv(spec, passthrough, run_dir, epochs)
+            t_args, o_args, tr_args = run_mod.parse_args(spec_argv)
+            bar.set_postfix_str(
+                f"{spec.optimizer} seed {spec.seed}" + ("" if spec.lr is None else f" lr {spec.lr:g}")
+            )
+            log_path = os.path.join(run_dir, "run.log")
+            start = time.perf_counter()
+            try:
+                with _run_output_to(log_path) as log:
+                    print("hf-adaopt train " + shlex.join(spec_argv), file=log, flush=True)
+                    result = run_mod.run_training(t_args, o_args, tr_args)
+            except Exception as e:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    import traceback
+
+                    traceback.print_exc(file=log)
+                bar.close()
+                print(
+                    f"run {rid} failed: {type(e).__name__}: {e}\nThe traceback is in {log_path}. Finished runs are "
+                    "kept in results.jsonl; rerun the same command to resume.",
+                    file=console,
+                )
+                return 1
+            elapsed = time.perf_counter() - start
+            record = make_record(
+                spec,
+                rid,
+                chash,
+                result,
+                tr_args,
+                recorded_config(t_args, o_args, tr_args),
+                elapsed,
+                env,
+                command,
+                spec_argv,
+                run_dir,
+                args.threshold,
+            )
+            append_record(results_path, record)
+            acc = record["eval"].get("eval_accuracy")
+            bar.set_postfix_str(
+                f"last: {spec.optimizer} seed {spec.seed} acc {acc:.4f}"
+                if acc is not None
+                else f"last: {rid}"
+            )
+            bar.update(1)
+
+    result = report_mod.build_report(output_dir, args.threshold, args.threshold_fraction)
+    status = 0
+    print(
+        f"wrote {results_path}, results.json, report.md and {len(result['plots'])} plots to {output_dir}",
+        file=console,
+    )
+    if args.push_to_hub:
+        from hf_adaopt.hub import push_comparison
+
+        try:
+            push_comparison(
+                output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
+            )
+            print(f"pushed {output_dir} to {args.hub_model_id}", file=console)
+        except Exception as e:  # the hub module's errors name the problem and the fix
+            print(
+                f"push to {args.hub_model_id} failed: {e}\nlocal results are kept in {output_dir}",
+                file=console,
+            )
+            status = 1
+    console.flush()
+    print()
+    print(report_mod.summary_table(result))
+    sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
