@@ -3,6 +3,7 @@
     hf-adaopt compare                                    # digits, default optimizers, 5 seeds (CPU, minutes)
     hf-adaopt compare --task cifar10 --optimizers adaopt,sgd,adam,rmsprop --seeds 5 --output_dir out/c10
     hf-adaopt compare --task mnist --lr_sweep 1e-5,1e-4,1e-3,1e-2,1e-1
+    hf-adaopt compare --task mnist,cifar10 --output_dir out/cmp     # one comparison per task: out/cmp/<task>
     hf-adaopt compare --shard 0/2 & hf-adaopt compare --shard 1/2   # two processes share the grid
     hf-adaopt report out/compare-digits                  # rebuild the report from the stored runs
 
@@ -549,10 +550,39 @@ def _quiet_libraries() -> None:
 # main
 
 
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """argv minus `option VALUE` / `option=VALUE`."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == option:
+            skip = True
+        elif not token.startswith(option + "="):
+            out.append(token)
+    return out
+
+
+def _main_tasks(argv: list[str], tasks: list[str], output_dir: str | None, parser) -> int:
+    """One comparison per task, each in its own directory (<output_dir>/<task>, default out/compare-<task>)."""
+    if "--push_to_hub" in argv:
+        parser.error("--push_to_hub takes one --task at a time (one results repo per task)")
+    status = 0
+    for task in tasks:
+        sub = _without_option(_without_option(argv, "--task"), "--output_dir") + ["--task", task]
+        if output_dir is not None:
+            sub += ["--output_dir", os.path.join(output_dir, task)]
+        status = main(sub) or status
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    if len(tasks) > 1:
+        return _main_tasks(argv, tasks, args.output_dir, parser)
     console = sys.stderr
     try:
         for opt in _PER_RUN_OPTIONS:

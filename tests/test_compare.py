@@ -274,3 +274,18 @@ def test_bad_arguments_name_the_option(argv, message, tmp_path, capsys):
         compare.main([*argv, "--output_dir", str(tmp_path / "x")])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_several_tasks_get_one_comparison_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "run_training", fake_run_training)
+    out = tmp_path / "multi"
+    assert (
+        compare.main(
+            ["--task", "digits,mnist", "--optimizers", "adaopt,sgd", "--seeds", "1", "--output_dir", str(out)]
+        )
+        == 0
+    )
+    for task in ("digits", "mnist"):
+        lines = read_jsonl(out / task / "results.jsonl")
+        assert {r["task"] for r in lines} == {task} and len(lines) == 2
+        assert (out / task / "report.md").is_file()
