@@ -1,0 +1,104 @@
+"""The optimizer factory: names, errors, settings, and that every installed optimizer trains."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
+
+from hf_adaopt import AdaOpt
+from hf_adaopt.baselines import (
+    CORE_OPTIMIZERS,
+    DEFAULT_LR,
+    LR_FREE,
+    OPTIMIZERS,
+    available_optimizers,
+    build_optimizer,
+)
+
+
+def _problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x = torch.randn(64, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(-1)
+    return model, x, y
+
+
+def test_names_match_the_contract():
+    assert OPTIMIZERS == ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog")
+    assert set(CORE_OPTIMIZERS) <= set(available_optimizers())
+
+
+def test_unknown_name_raises_value_error_listing_the_names():
+    model, _, _ = _problem()
+    with pytest.raises(ValueError, match="Unknown optimizer 'lamb'.*adaopt, sgd, adam"):
+        build_optimizer("lamb", model.parameters(), lr=1e-3)
+
+
+def test_non_positive_lr_is_rejected():
+    model, _, _ = _problem()
+    with pytest.raises(ValueError, match="learning rate.*0"):
+        build_optimizer("adam", model.parameters(), lr=0.0)
+
+
+def test_missing_peer_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # makes `import prodigyopt` raise ImportError
+    model, _, _ = _problem()
+    with pytest.raises(ImportError, match=r"pip install 'hf-adaopt\[peers\]'"):
+        build_optimizer("prodigy", model.parameters(), lr=1.0)
+
+
+def test_classes_and_settings():
+    model, _, _ = _problem()
+    params = list(model.parameters())
+    sgd = build_optimizer("sgd", params, lr=0.1)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    adam = build_optimizer("adam", params, lr=1e-3)
+    assert type(adam) is torch.optim.Adam
+    assert adam.defaults["betas"] == (0.9, 0.999) and adam.defaults["eps"] == 1e-8
+    assert type(build_optimizer("adamw", params, lr=1e-3, weight_decay=0.1)) is torch.optim.AdamW
+    assert type(build_optimizer("rmsprop", params, lr=1e-3)) is torch.optim.RMSprop
+    assert isinstance(build_optimizer("adaopt", params, lr=1e-3), AdaOpt)
+    # keyword arguments reach the constructor
+    assert build_optimizer("sgd", params, lr=0.1, momentum=0.5, nesterov=True).defaults["nesterov"] is True
+
+
+def test_default_lr_is_the_seed_value_except_for_lr_free_multipliers():
+    assert {DEFAULT_LR[n] for n in OPTIMIZERS if n not in LR_FREE} == {1e-3}
+    assert {DEFAULT_LR[n] for n in LR_FREE} == {1.0}
+
+
+def test_param_groups_keep_their_own_weight_decay():
+    model, _, _ = _problem()
+    groups = [
+        {"params": [model[0].weight, model[2].weight], "weight_decay": 0.1},
+        {"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+    ]
+    opt = build_optimizer("adamw", groups, lr=1e-3, weight_decay=0.5)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+@pytest.mark.parametrize("name", available_optimizers())
+def test_every_available_optimizer_lowers_the_loss(name):
+    torch.manual_seed(0)
+    model, x, y = _problem()
+    opt = build_optimizer(name, model.parameters(), lr=DEFAULT_LR[name] if name != "sgd" else 0.05)
+    if hasattr(opt, "train"):
+        opt.train()  # schedule-free: Trainer calls train()/eval() itself
+    loss_fn = torch.nn.functional.cross_entropy
+    first = loss_fn(model(x), y).item()
+    for _ in range(50):
+        loss = loss_fn(model(x), y)
+        if hasattr(opt, "set_loss"):
+            opt.set_loss(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if hasattr(opt, "eval"):
+        opt.eval()
+    last = loss_fn(model(x), y).item()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert last < first, (name, first, last)
