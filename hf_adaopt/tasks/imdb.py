@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import numpy as np
 
@@ -29,8 +30,8 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # [PAD] gets id 0, the mo
 # The Hub's imdb splits are sorted by label: --max_train_samples/--max_eval_samples take a random subset drawn
 # with this fixed seed (the same subset for every run, whatever --seed), not the first N reviews.
 SUBSET_SEED = 0
-# An HTML tag: "<br />", "<i>", "</i>"; a lone "<" or ">" in a review is left alone.
-HTML_TAG_PATTERN = r"<\s*/?\s*[A-Za-z][^<>]*>"
+# An HTML tag: "<br />", "<i>", "</i>"; "<" followed by a space or a digit ("5 < 6 > 2") is text.
+HTML_TAG_PATTERN = r"</?[A-Za-z][^<>]*>"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -43,7 +44,14 @@ def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE, max_length: int = DEFAU
 
     Returns a `PreTrainedTokenizerFast` with [PAD]/[UNK]/[CLS]/[SEP] that encodes a review as
     `[CLS] pieces [SEP]`; it saves and reloads with `save_pretrained` / `AutoTokenizer.from_pretrained`.
+    Note: `tokenizers`' WordPiece training is not deterministic (huggingface/tokenizers#1794: hash-map order
+    breaks ties between equally frequent merges), so two trainings on the same text may differ slightly;
+    `prepare` trains once per training split and reuses the result.
     """
+    return _wrap(_train_backend(texts, vocab_size), max_length)
+
+
+def _train_backend(texts, vocab_size: int = VOCAB_SIZE):
     from tokenizers import (
         Regex,
         Tokenizer,
@@ -54,7 +62,6 @@ def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE, max_length: int = DEFAU
         processors,
         trainers,
     )
-    from transformers import PreTrainedTokenizerFast
 
     pad, unk, cls, sep = SPECIAL_TOKENS
     tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
@@ -75,8 +82,15 @@ def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE, max_length: int = DEFAU
         pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
     )
+    return tokenizer
+
+
+def _wrap(backend, max_length: int):
+    from transformers import PreTrainedTokenizerFast
+
+    pad, unk, cls, sep = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=backend,
         pad_token=pad,
         unk_token=unk,
         cls_token=cls,
@@ -91,37 +105,59 @@ def _text_batches(dataset, batch_size: int = 1000):
         yield batch["text"]
 
 
+def _tokenizer_cache_path(train_dataset) -> str | None:
+    """Where the tokenizer trained on this exact training split is kept: next to the split's Arrow cache, named by
+    its fingerprint and the tokenizer settings. None for an in-memory dataset."""
+    import hashlib
+
+    import tokenizers
+
+    if not train_dataset.cache_files:
+        return None
+    settings = repr((HTML_TAG_PATTERN, VOCAB_SIZE, MIN_FREQUENCY, SPECIAL_TOKENS, tokenizers.__version__))
+    key = hashlib.sha256(f"{train_dataset._fingerprint}|{settings}".encode()).hexdigest()[:16]
+    return os.path.join(os.path.dirname(train_dataset.cache_files[0]["filename"]), f"hf_adaopt_wordpiece_{key}.json")
+
+
+def _cached_or_trained(train_dataset) -> str:
+    """The serialized tokenizer for this training split: from the cache, or trained now and cached.
+
+    Every run on the same data (all optimizers and seeds of a comparison) then uses the same vocabulary, which
+    `tokenizers`' non-deterministic training would not guarantee, and IMDB's tokenizer is trained only once.
+    """
+    path = _tokenizer_cache_path(train_dataset)
+    if path is not None and os.path.isfile(path):
+        logger.info("imdb: using the tokenizer trained earlier on this training split: %s", path)
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    serialized = _train_backend(_text_batches(train_dataset)).to_str()
+    logger.info("imdb: trained a WordPiece tokenizer on %d reviews", len(train_dataset))
+    if path is not None:
+        try:
+            partial = f"{path}.{os.getpid()}.tmp"
+            with open(partial, "w", encoding="utf-8") as f:
+                f.write(serialized)
+            os.replace(partial, path)  # atomic: a concurrent run reads a whole file or none
+        except OSError as exc:  # a read-only cache only costs the reuse
+            logger.warning("imdb: could not cache the tokenizer at %s: %s", path, exc)
+    return serialized
+
+
 def _trained_tokenizer(train_dataset, max_length: int, training_args):
-    """Train on the main process and hand the result to the others, so every rank uses the same vocabulary."""
+    """Train (or reuse) on the main process and hand the result to the others: every rank has one vocabulary."""
     import torch.distributed as dist
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     distributed = training_args.world_size > 1 and dist.is_available() and dist.is_initialized()
-    if not distributed or training_args.process_index == 0:
-        tokenizer = train_tokenizer(_text_batches(train_dataset), max_length=max_length)
-        logger.info("imdb: trained a WordPiece tokenizer with %d tokens on %d reviews", len(tokenizer), len(train_dataset))
-        if not distributed:
-            return tokenizer
-    payload = [tokenizer.backend_tokenizer.to_str() if training_args.process_index == 0 else None]
-    dist.broadcast_object_list(payload, src=0)  # one collective per run, before training starts
-    if training_args.process_index == 0:
-        return tokenizer
-    pad, unk, cls, sep = SPECIAL_TOKENS
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(payload[0]),
-        pad_token=pad,
-        unk_token=unk,
-        cls_token=cls,
-        sep_token=sep,
-        model_max_length=max_length,
-        padding_side="right",
-    )
+    serialized = _cached_or_trained(train_dataset) if training_args.process_index == 0 or not distributed else None
+    if distributed:
+        payload = [serialized]
+        dist.broadcast_object_list(payload, src=0)  # one collective per run, before training starts
+        serialized = payload[0]
+    return _wrap(Tokenizer.from_str(serialized), max_length)
 
 
 def _pretrained_tokenizer(task_args: TaskArguments):
-    import os
-
     from transformers import AutoTokenizer
 
     from hf_adaopt.tasks.squad import hub_errors
