@@ -444,6 +444,10 @@ def _label(name: str, grid: float | None, multi_lr: bool) -> str:
     return f"{name} @ default lr" if grid is None else f"{name} @ {grid:g}"
 
 
+def _final_values(group: dict) -> list[tuple]:
+    return [(d.get("eval_accuracy"), d.get("eval_loss")) for d in group["final_eval"]]
+
+
 def plain_summary(result: dict) -> list[str]:
     """Sentences that say which AdaOpt-vs-baseline differences are significant and which are not."""
     alpha = result["alpha"]
@@ -483,6 +487,18 @@ def plain_summary(result: dict) -> list[str]:
                 f"{smallest_adj:.3f}, so the rank test cannot reach α = {alpha} here — run more seeds "
                 "(`--seeds`) for a non-parametric confirmation."
             )
+    by_grid: dict = defaultdict(list)
+    for g in result["groups"]:
+        by_grid[g["lr_grid"]].append(g)
+    for groups in by_grid.values():
+        for i, a in enumerate(groups):
+            for b in groups[i + 1 :]:
+                if a["n"] > 1 and a["seeds"] == b["seeds"] and _final_values(a) == _final_values(b):
+                    lines.append(
+                        f"{_label(a['optimizer'], a['lr_grid'], multi_lr)} and "
+                        f"{_label(b['optimizer'], b['lr_grid'], multi_lr)} gave identical final evaluations on "
+                        "every seed: they ran the same algorithm here (e.g. AdamW with weight_decay 0 is Adam)."
+                    )
     thr = result["threshold"]
     unreached = [
         f"{_label(g['optimizer'], g['lr_grid'], multi_lr)} ({g['reached_threshold']}/{g['n']})"
@@ -875,7 +891,11 @@ def plot_lr(groups, path: str) -> bool:
             for i, r in enumerate(groups.get((name, lr), [])):
                 traj = r.get("lr_trajectory") or {}
                 steps, vals = traj.get("step", []), traj.get("lr", [])
-                pts = [(s, v) for s, v in zip(steps, vals, strict=False) if v is not None and math.isfinite(v) and v > 0]
+                pts = [
+                    (s, v)
+                    for s, v in zip(steps, vals, strict=False)
+                    if v is not None and math.isfinite(v) and v > 0
+                ]
                 if not pts:
                     continue
                 xs, ys = zip(*pts, strict=False)

@@ -269,3 +269,11 @@ def test_report_main_on_a_directory_without_results(tmp_path, capsys):
         report.main([str(tmp_path)])
     assert exc.value.code == 2
     assert "results.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_identical_groups_are_pointed_out():
+    runs = [synthetic_run("adaopt", s, 0.96) for s in range(3)]
+    runs += [synthetic_run("adam", s, 0.95) for s in range(3)]
+    runs += [dict(r, optimizer="adamw", run_id=r["run_id"] + "w") for r in runs[3:]]
+    text = "\n".join(report.analyze(runs)["summary"])
+    assert "adam and adamw gave identical final evaluations on every seed" in text
