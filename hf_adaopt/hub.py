@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -66,6 +67,13 @@ EVAL_METRICS = {
 }
 # Keys of the Trainer's eval dict that describe speed, not quality.
 _SPEED_KEYS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
+
+# Hub access tokens ("hf_" + 34 letters and digits) are never published, whatever file they ended up in
+# (e.g. `--hub_token` recorded in a run's command line): staged copies and cards carry REDACTED instead.
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+_TOKEN_FLAGS = ("--hub_token", "--token")
+_TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".csv", ".yaml", ".yml", ".log")
+REDACTED = "<redacted>"
 
 REPO_ID_HELP = (
     "expected 'namespace/name' (your user or organisation name, a slash, the repo name), e.g. "
@@ -191,12 +199,35 @@ def _reproduce_command(command: str | None) -> str | None:
         return command
     if not argv:
         return None
+    for i in reversed(range(len(argv))):  # a token on the command line is not part of the recipe
+        flag = argv[i].split("=", 1)[0]
+        if flag in _TOKEN_FLAGS:
+            del argv[i : i + (1 if "=" in argv[i] else 2)]
     head = argv[0]
     if Path(head).name in ("hf-adaopt", "cli.py") or head.endswith("hf_adaopt/cli.py"):
         argv[0] = "hf-adaopt"
     elif head.endswith(".py") and Path(head).name != "python":
         argv.insert(0, "python")
     return shlex.join(argv)
+
+
+def _redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` with every Hub token in it (the known `secrets` and anything shaped like one) replaced."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _TOKEN_PATTERN.sub(REDACTED, text)
+
+
+def _known_secrets(token: str | None) -> tuple[str, ...]:
+    """The tokens this process could push with: never to be published."""
+    found = {token, os.environ.get("HF_TOKEN")}
+    try:
+        from huggingface_hub import get_token
+
+        found.add(get_token())  # HF_TOKEN or the login cache: a local read
+    except Exception:  # best effort: the pattern still catches standard tokens
+        pass
+    return tuple(sorted(t for t in found if t and len(t) >= 8))
 
 
 def _repo_name(repo_id: str) -> str:
@@ -279,7 +310,8 @@ def _model_card_data(repo_id: str, eval_results: dict, run_config: dict, optimiz
     )
 
 
-def build_model_card(output_dir: str | os.PathLike, repo_id: str, plots: list[str] | None = None):
+def build_model_card(output_dir: str | os.PathLike, repo_id: str, plots: list[str] | None = None,
+                     secrets: tuple[str, ...] = ()):
     """The model card (a `huggingface_hub.ModelCard`) of a run directory, parsed back and checked."""
     from huggingface_hub import ModelCard
 
@@ -294,26 +326,33 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str, plots: list[st
     card_data, info = _model_card_data(repo_id, eval_results, run_config, optimizer)
     diagnostics = _lr_summary(trajectory)
     plots = sorted(plots if plots is not None else (p.name for p in d.glob("*.png")))
+    # run.py saves eval_results.json with "eval_samples" added; Trainer.evaluate() does not return it.
+    eval_samples = eval_results.get("eval_samples")
+    eval_dict = _trainer_order({k: v for k, v in eval_results.items() if k != "eval_samples"})
     metric_rows = [(name, eval_results[key]) for key, (_, name) in EVAL_METRICS.items() if _is_number(eval_results.get(key))]
     metric_rows += [
         (key, value)
-        for key, value in eval_results.items()
+        for key, value in eval_dict.items()
         if key not in EVAL_METRICS and key not in _SPEED_KEYS and _is_number(value)
     ]
+    # Every constructor setting as the optimizer resolved it when run.py recorded them, else what was passed.
+    settings = run_config.get("optimizer_defaults") or run_config.get("optimizer_kwargs") or {}
     content = _render(
         _template("model_card.md"),
         card_data=card_data.to_yaml(),
         repo_id=repo_id,
         model_name=_repo_name(repo_id),
         optimizer=optimizer,
-        optimizer_class=(trajectory or {}).get("optimizer"),
-        optimizer_kwargs=run_config.get("optimizer_kwargs") or {},
+        optimizer_class=run_config.get("optimizer_class") or (trajectory or {}).get("optimizer"),
+        optimizer_settings=settings,
+        settings_resolved=bool(run_config.get("optimizer_defaults")),
         training_args=run_config.get("training_args") or {},
-        task_args={k: v for k, v in (run_config.get("task_args") or {}).items() if v not in (None, False, "")},
+        task_args=_non_default_task_args(run_config.get("task_args") or {}),
         architecture=", ".join(config.get("architectures") or []) or config.get("model_type"),
         usage=_usage_snippet(repo_id, config, info["task_type"]),
         metric_rows=metric_rows,
-        eval_dict=repr(_trainer_order(eval_results)),
+        eval_dict=repr(eval_dict),
+        eval_samples=eval_samples,
         diagnostics=diagnostics,
         plots=plots,
         command=_reproduce_command(run_config.get("command")),
@@ -322,12 +361,22 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str, plots: list[st
         fmt=_fmt,
         **info,
     )
-    card = ModelCard(content)  # parses the YAML and the model-index back: a malformed card fails here
+    card = ModelCard(_redact(content, secrets))  # parses YAML and model-index back: a malformed card fails here
     expected = {key: eval_results[key] for key in EVAL_METRICS if _is_number(eval_results.get(key))}
     got = {f"eval_{r.metric_type}": r.metric_value for r in card.data.eval_results or []}
     if got != expected:
         raise RuntimeError(f"model card model-index {got} does not match eval_results.json {expected}")
     return card
+
+
+def _non_default_task_args(task_args: dict) -> dict:
+    """The task arguments a user set: those that differ from TaskArguments' defaults (the task always shows)."""
+    from dataclasses import fields
+
+    from hf_adaopt.tasks.base import TaskArguments
+
+    defaults = {f.name: f.default for f in fields(TaskArguments)}
+    return {k: v for k, v in task_args.items() if k == "task" or k not in defaults or v != defaults[k]}
 
 
 def _trainer_order(metrics: dict) -> dict:
@@ -426,7 +475,7 @@ def summarize_results(results: Any, records: list[dict]) -> dict:
 
 
 def build_results_card(output_dir: str | os.PathLike, repo_id: str, plots: list[str] | None = None,
-                       data_files: list[str] | None = None):
+                       data_files: list[str] | None = None, secrets: tuple[str, ...] = ()):
     """The results card (a `huggingface_hub.DatasetCard`) of a comparison directory."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -476,7 +525,7 @@ def build_results_card(output_dir: str | os.PathLike, repo_id: str, plots: list[
         num=_num,
         cell=_cell,
     )
-    return DatasetCard(content)
+    return DatasetCard(_redact(content, secrets))
 
 
 def _render(template: str, **context) -> str:
@@ -507,8 +556,12 @@ def validate_repo_id(repo_id: str) -> None:
         raise ValueError(f"invalid repo id {repo_id!r}: {REPO_ID_HELP}")
 
 
-def _stage(output_dir: Path, kind: str, repo_id: str, staging: Path) -> tuple[list[str], Any]:
-    """Copy the files to upload into `staging` (byte for byte) and write the card there as README.md."""
+def _stage(output_dir: Path, kind: str, repo_id: str, staging: Path, secrets: tuple[str, ...]) -> tuple[list[str], Any]:
+    """Copy the files to upload into `staging` and write the card there as README.md.
+
+    Files are copied byte for byte, except a text file that holds a Hub token: its copy has the token
+    replaced (the local file is left as it is).
+    """
     files = _files_to_upload(output_dir)
     names = [p.name for p in files]
     plots = [n for n in names if n.lower().endswith(".png")]
@@ -518,11 +571,20 @@ def _stage(output_dir: Path, kind: str, repo_id: str, staging: Path) -> tuple[li
                 f"run directory {str(output_dir)!r} has no saved model (needs config.json and one of "
                 f"{', '.join(WEIGHT_FILES)}); train with `hf-adaopt train --output_dir {output_dir}`, which saves it"
             )
-        card = build_model_card(output_dir, repo_id, plots=plots)
+        card = build_model_card(output_dir, repo_id, plots=plots, secrets=secrets)
     else:
-        card = build_results_card(output_dir, repo_id, plots=plots, data_files=names)
+        card = build_results_card(output_dir, repo_id, plots=plots, data_files=names, secrets=secrets)
     staging.mkdir(parents=True, exist_ok=True)
     for src in files:
+        if src.suffix.lower() in _TEXT_SUFFIXES:
+            try:
+                text = src.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None and _redact(text, secrets) != text:
+                logger.warning("%s holds a Hub token; the uploaded copy has it replaced by %s", src, REDACTED)
+                (staging / src.name).write_text(_redact(text, secrets), encoding="utf-8")
+                continue
         shutil.copyfile(src, staging / src.name)
     card.save(staging / CARD_NAME)
     return sorted([*names, CARD_NAME]), card
@@ -594,15 +656,11 @@ def _explain(err: BaseException, *, endpoint: str, repo_id: str, repo_type: str,
     return HubPushError(f"could not {step} ({where}): {type(err).__name__}: {err}")
 
 
-def _publish(staging: Path, repo_id: str, repo_type: str, *, token: str | None, private: bool,
+def _publish(staging: Path, repo_id: str, repo_type: str, *, token: str, private: bool,
              revision: str | None, commit_message: str) -> tuple[str, str, str | None]:
     """whoami, create_repo(exist_ok=True), create_branch when needed, one upload_folder commit."""
     from huggingface_hub import HfApi
 
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise HubPushError("HF_HUB_OFFLINE is set, which blocks every Hub request: unset it to push "
-                           "(or use --dry_run DIR to see what would be uploaded)")
-    token = _resolve_token(token)
     endpoint = _endpoint()
     api = HfApi(endpoint=endpoint, token=token)
 
@@ -635,17 +693,23 @@ def _push(output_dir, repo_id, kind, *, token, private, revision, commit_message
     validate_repo_id(repo_id)
     repo_type = "model" if kind == "run" else "dataset"
     message = commit_message or f"Upload {'model and card' if kind == 'run' else 'comparison results and card'} with hf-adaopt"
+    if dry_run is None:  # fail on a missing token or offline mode before any work
+        if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+            raise HubPushError("HF_HUB_OFFLINE is set, which blocks every Hub request: unset it to push "
+                               "(or use --dry_run DIR to see what would be uploaded)")
+        token = _resolve_token(token)
+    secrets = _known_secrets(token)
     if dry_run is not None:
         target = Path(dry_run)
         if target.resolve() == output_dir.resolve() or output_dir.resolve() in target.resolve().parents:
             raise ValueError(f"--dry_run {str(target)!r} is inside the results directory; choose a directory outside it")
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ValueError(f"--dry_run {str(target)!r} exists and is not empty; choose a new or empty directory")
-        files, card = _stage(output_dir, kind, repo_id, target)
+        files, card = _stage(output_dir, kind, repo_id, target, secrets)
         logger.info("dry run: wrote %d files for %s repo %s to %s", len(files), repo_type, repo_id, target)
         return PushResult(repo_id, repo_type, files, dry_run_dir=str(target), card=card)
     with tempfile.TemporaryDirectory(prefix="hf-adaopt-push-") as tmp:
-        files, card = _stage(output_dir, kind, repo_id, Path(tmp) / "upload")
+        files, card = _stage(output_dir, kind, repo_id, Path(tmp) / "upload", secrets)
         repo_id, url, commit_url = _publish(Path(tmp) / "upload", repo_id, repo_type, token=token,
                                             private=private, revision=revision, commit_message=message)
     logger.info("pushed %d files to %s", len(files), url)
