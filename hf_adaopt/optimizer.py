@@ -1,42 +1,45 @@
 r"""AdaOpt: Adam's direction with a step size set in real time, so that no learning-rate search is needed.
 
-The step size of every tensor is the product of four numbers, each measured while training:
+The step of every tensor :math:`i` is
 
 .. math::
-    \Delta\theta_i = -\,s_t \cdot d_t \cdot \phi_i \cdot \frac{\hat m_i}{\sqrt{\hat v_i} + \epsilon}
-                     \;-\; s_t\, d_t\, \lambda\, \theta_i
+    \Delta\theta_i = -\,s_t\, d_t \left(\phi_i \frac{\hat m_i}{\sqrt{\hat v_i} + \epsilon} + \lambda\,\theta_i\right)
 
 * :math:`\hat m, \hat v` -- Adam's bias-corrected EMAs of the gradient and of its square (Kingma & Ba, 2015).
 * :math:`s_t` -- the group's ``lr`` divided by the ``lr`` it was created with: a scheduler's multiplier.
-* :math:`\phi_i` -- **variance factor** (per tensor). From the same EMAs, the signal :math:`S = \|E g\|^2` and
-  the noise :math:`N = \operatorname{tr}\Sigma` of the mini-batch gradient; McCandlish et al. (2018) show the
-  best step shrinks as :math:`1/(1 + N/S)`, so :math:`\phi = (S/(S+N))^{p}`, floored.
-* :math:`d_t` -- **base scale**, one scalar for the optimizer. It starts at the user's ``lr`` and is moved
-  every step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
-  (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
-  previous step's direction, compare the directional derivative before the step,
-  :math:`a = g_{t-1}\cdot u_{t-1}`, with the one after it, :math:`b = g_t \cdot u_{t-1}`. On a quadratic the
-  best step along :math:`u` is :math:`1/(1-r)` times the one taken, :math:`r = b/a`; so
-  :math:`\mu_t = (1/(1-\bar r))^{\kappa}` with :math:`\bar r` the ratio of EMAs of :math:`b` and :math:`a`,
-  clamped so that one step grows :math:`d` at most :math:`2^\kappa` and shrinks it at most :math:`4^{-\kappa}`.
-  :math:`r \approx 1` (flat: the step is far too small) grows it; :math:`r<0` (overshoot) shrinks it.
-  In the noise-dominated phase this line search along a noisy direction anneals the step by itself.
-* **Loss guard**: when the training loss is supplied (``set_loss`` -- `AdaOptCallback` does it -- or a
-  closure), a loss more than ``loss_spike_threshold`` standard deviations above its running mean halves
-  :math:`d`.
+* :math:`d_t` -- **base scale**, one scalar for the optimizer; ``effective_lr`` is :math:`s_t d_t`. It starts at
+  the user's ``lr`` and is multiplied every step by the **landscape factor** :math:`\mu_t`, a secant estimate
+  of the curvature along the update (hypergradient descent, Baydin et al. 2018, in a scale-free
+  multiplicative form). With :math:`u_{t-1}` the previous step's direction, compare the directional
+  derivative before the step, :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it,
+  :math:`b = g_t \cdot u_{t-1}/\|g_t\|`. On a quadratic the best step along :math:`u` is :math:`1/(1-r)`
+  times the one taken, :math:`r = b/a`: :math:`r \approx 1` (flat: far too small a step) grows :math:`d`,
+  :math:`r < 0` (overshoot) shrinks it. So :math:`\mu_t = (1/(1-\bar r))^{\kappa\,\rho_t}` with :math:`\bar r`
+  the ratio of EMAs of :math:`b` and :math:`a`, clamped so that one step changes :math:`d` by at most
+  :math:`2^{\kappa}` up and :math:`4^{-\kappa}` down.
+* :math:`\rho_t` -- **variance factor**: the share of the gradient that is signal, :math:`S/(S+N)`, with the
+  signal :math:`S=\|E g\|^2` and the noise :math:`N=\operatorname{tr}\Sigma` of the mini-batch gradient read
+  from the same two EMAs (McCandlish et al. 2018: the useful step shrinks as :math:`1/(1+N/S)`). A secant
+  measured with noisy gradients is itself noisy, so the exponent above is scaled by :math:`\rho_t`: the
+  step adapts fast while the gradient carries signal and stops drifting at the noise floor. Per tensor,
+  :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step towards tensors with more signal.
+* Guards. A **trust bound** keeps the RMS step of the weight matrices below 1% of their RMS (LARS/LAMB's
+  trust ratio as one global number): it protects the first steps from a far too large initial lr, before
+  the secant has anything to measure. A **loss guard** halves :math:`d` when the training loss -- given by
+  ``set_loss`` (`AdaOptCallback` does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations
+  above its running mean.
 
 What it costs: Adam's two state tensors, plus the previous direction on a fixed 1/16 subsample of each large
 tensor (blocks of 16 elements out of every 256; small tensors are kept whole) -- about 8.25 bytes per fp32
-parameter against AdamW's 8 and Prodigy's 16. The directional derivatives, norms and the two EMAs' sums that
-feed the scalars are reduced on the device, stacked, (all-reduced once under ``torch.distributed``) and
-read with a single host sync per step.
+parameter against AdamW's 8 and Prodigy's 16. The directional derivatives, norms and the EMAs' sums that
+feed the scalars are reduced on the device, stacked, all-reduced once under ``torch.distributed``, and read
+with a single host sync per step.
 
 A step with a non-finite gradient (or statistic) changes nothing -- neither the parameters nor the state --
 and is counted in ``skipped_steps``.
 
-Where it applies: anywhere Adam(W) does. Where not: the first ``warmup_steps`` run at the given ``lr`` with
-the gate open, so a wildly wrong ``lr`` still costs those steps; the line search needs gradients that carry
-information from one step to the next (it is not meant for full-batch second-order problems).
+Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at ``min(lr, trust bound)``
+while the EMAs fill; the secant needs gradients that carry information from one step to the next.
 """
 
 from __future__ import annotations
@@ -66,17 +69,22 @@ SECANT_R_MIN = -3.0
 # The base scale never leaves this band, whatever the statistics say.
 MIN_BASE_SCALE = 1e-10
 MAX_BASE_SCALE = 10.0
+# Trust bound: no step moves the weight matrices by more than this fraction of their RMS (LARS/LAMB's
+# trust ratio, one global number). It is what protects the first steps from a far too large initial lr,
+# before the secant has anything to measure.
+MAX_UPDATE_RATIO = 0.01
 # EMA factor of the loss guard's running mean and variance.
-LOSS_EMA_BETA = 0.9
+LOSS_EMA_BETA = 0.98
 # Multiplier applied to the base scale when the loss spikes.
 LOSS_SPIKE_BACKOFF = 0.5
 
+NUM_STATS = 7
 _GROUP_DIAGNOSTICS = ("effective_lr", "variance_factor", "landscape_factor", "base_scale")
 _CONTROLLER_DEFAULTS = {
     "base_scale": None,  # d; None until the first step, then the group's initial lr
     "landscape_factor": 1.0,  # last mu
-    "variance_factor": 1.0,  # numel-weighted mean phi of the last step
-    "effective_lr": None,  # s * d * mean phi of the last step
+    "variance_factor": 1.0,  # numel-weighted mean signal fraction S / (S + N) of the last step
+    "effective_lr": None,  # s * d of the last step
     "secant_after": 0.0,  # EMA of b = g_t . u_{t-1} / |g_t|
     "secant_before": 0.0,  # EMA of a = g_{t-1} . u_{t-1} / |g_{t-1}|
     "prev_grad_norm": 0.0,
@@ -86,6 +94,7 @@ _CONTROLLER_DEFAULTS = {
     "meta_step": 0,  # steps taken (skipped ones excluded)
     "skipped_steps": 0,
     "loss_spikes": 0,
+    "last_spike": 0,  # meta_step of the last spike: one spike halves the step once, then a cool-down
 }
 
 
@@ -102,12 +111,14 @@ class AdaOpt(Optimizer):
         weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
         adapt_rate: exponent kappa of the landscape factor; how fast the base scale follows the measured
             curvature. Larger adapts faster and is noisier. This is the knob to turn, not ``lr``.
-        variance_power: exponent p of the variance factor; 0 turns the variance gate off.
-        min_variance_factor: floor of the variance factor, so a noise-dominated tensor still moves.
+        variance_power: exponent p of the per-tensor gate; 0 gives every tensor the same step size.
+        min_variance_factor: floor of the signal share S/(S+N), so that a noise-dominated tensor still
+            moves and the base scale still adapts at the noise floor.
         warmup_steps: steps during which the step size is held at ``lr`` and the gate open, while the EMAs
             fill. Default ``round(1 / (1 - beta1))``.
         loss_spike_threshold: standard deviations above the running mean of the training loss that count
-            as a spike (the base scale is halved). ``None`` disables the loss guard.
+            as a spike (the base scale is halved, then the guard rests for ``warmup_steps``). ``None``
+            disables the loss guard.
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
@@ -126,7 +137,7 @@ class AdaOpt(Optimizer):
         variance_power: float = 0.5,
         min_variance_factor: float = 0.1,
         warmup_steps: int | None = None,
-        loss_spike_threshold: float | None = 3.0,
+        loss_spike_threshold: float | None = 4.0,
         foreach: bool | None = None,
     ):
         if isinstance(lr, Tensor):
@@ -356,7 +367,8 @@ def _bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, flo
 def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> tuple[list[float], list[bool]]:
     """Reduce the stacked statistics across ranks (one all_reduce) and bring them to the host (one sync).
 
-    Layout of ``stats``: 5 rows (grad_sq, after, before, m_sq, v_sum) x n tensors, flattened, then the loss.
+    Layout of ``stats``: NUM_STATS rows (grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq) x n tensors,
+    flattened, then the loss.
     Replicated tensors (DDP) hold the same value on every rank and are averaged; shards (FSDP2 DTensors)
     hold partial sums and are summed; the loss is a per-rank value and is averaged.
     """
@@ -369,11 +381,11 @@ def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> 
         world = torch.distributed.get_world_size()
         if world > 1:
             torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.SUM)
-            divisor = torch.tensor([1.0 if s else float(world) for s in sharded] * 5 + [float(world)],
+            divisor = torch.tensor([1.0 if s else float(world) for s in sharded] * NUM_STATS + [float(world)],
                                    dtype=vec.dtype, device=vec.device)
             vec = vec / divisor
     values = vec.tolist()  # this is the step's single CPU-GPU sync point
-    assert len(values) == 5 * n + 1
+    assert len(values) == NUM_STATS * n + 1
     return values, sharded
 
 
@@ -383,13 +395,13 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     Returns the per-tensor step sizes and direction weights, or None when the step is skipped.
     """
     n = len(tensors["params"])
-    grad_sq, after, before, m_sq, v_sum = (values[i * n:(i + 1) * n] for i in range(5))
-    loss = values[5 * n]
+    grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq = (values[i * n:(i + 1) * n] for i in range(NUM_STATS))
+    loss = values[NUM_STATS * n]
     g0 = groups[0]
     beta1, beta2 = g0["betas"]
     warmup, kappa = g0["warmup_steps"], g0["adapt_rate"]
 
-    if not all(math.isfinite(x) for x in (*grad_sq, *after, *before, *m_sq, *v_sum, loss)):
+    if not all(math.isfinite(x) for x in values):
         for group in groups:
             group["skipped_steps"] += 1
         return None
@@ -401,8 +413,34 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     c["meta_step"] += 1
     t = c["meta_step"]
 
+    # Variance factor per tensor, from the EMAs before this step's gradient: with c_k the variance of the
+    # debiased EMA m_hat relative to the gradient's, E[m_hat^2] = S + c_k sigma^2 and E[v_hat] = S + sigma^2.
+    phis, fractions, weights = [], [], []
+    for i in range(n):
+        group = groups[tensors["group_index"][i]]
+        k = tensors["steps"][i]
+        fraction = 1.0  # S / (S + N): the share of the gradient that is signal
+        if k >= warmup and k > 0:
+            ck = (1.0 - beta1) * (1.0 + beta1**k) / ((1.0 + beta1) * (1.0 - beta1**k))
+            noise = max(v_sum[i] - m_sq[i], 0.0) / max(1.0 - ck, 1e-12)
+            signal = max(m_sq[i] - ck * noise, 0.0)
+            if signal + noise > 0.0:
+                fraction = max(signal / (signal + noise), group["min_variance_factor"])
+        fractions.append(fraction)
+        phis.append(fraction ** group["variance_power"])
+        weights.append(tensors["params"][i].numel())
+    total = float(sum(weights)) or 1.0
+    signal_fraction = sum(w * f for w, f in zip(weights, fractions)) / total
+    # The gate redistributes the step across tensors (towards those with more signal) at a constant mean:
+    # the overall scale is the landscape controller's job, and scaling it down here as well would only
+    # make the controller push back (measured on digits: lower accuracy than the redistributing gate).
+    mean_gate = sum(w * f for w, f in zip(weights, phis)) / total
+    phis = [f / mean_gate for f in phis]
+
     # Landscape factor: secant along the previous direction. Both directional derivatives are divided by
     # the norm of the gradient they were measured with, so clipping by max_grad_norm does not bias r.
+    # The secant is measured with noisy gradients: its exponent is scaled by the signal fraction, so
+    # that at the noise floor the step is no longer driven by noise (which would only ever shrink it).
     grad_norm = math.sqrt(sum(grad_sq))
     if t >= 2 and grad_norm > 0.0 and c["prev_grad_norm"] > 0.0:
         c["secant_after"] = beta1 * c["secant_after"] + (1.0 - beta1) * sum(after) / grad_norm
@@ -411,17 +449,19 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     if t > warmup and c["secant_before"] != 0.0:
         r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
-        mu = (1.0 / (1.0 - r)) ** kappa
+        mu = (1.0 / (1.0 - r)) ** (kappa * signal_fraction)
     d = c["base_scale"] * mu
     c["prev_grad_norm"] = grad_norm
 
     # Loss guard: a spike well above the running mean halves the step.
     threshold = g0["loss_spike_threshold"]
     if has_loss and threshold is not None:
-        if (c["loss_count"] > warmup and t > warmup
+        cooling = t - c["last_spike"] <= warmup
+        if (c["loss_count"] > warmup and t > warmup and not cooling
                 and loss > c["loss_mean"] + threshold * math.sqrt(c["loss_var"])):
             d *= LOSS_SPIKE_BACKOFF
             c["loss_spikes"] += 1
+            c["last_spike"] = t
         delta = loss - c["loss_mean"]
         if c["loss_count"] == 0:
             c["loss_mean"], c["loss_var"] = loss, 0.0
@@ -430,25 +470,15 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
             c["loss_var"] = LOSS_EMA_BETA * (c["loss_var"] + (1.0 - LOSS_EMA_BETA) * delta * delta)
         c["loss_count"] += 1
 
+    # Trust bound over the weight matrices: the RMS step d * rms(u) stays below MAX_UPDATE_RATIO * rms(theta).
+    # Before the first step there is no direction yet; Adam's first direction is sign(g), of RMS 1.
+    matrices = [i for i in range(n) if tensors["params"][i].dim() >= 2] or list(range(n))
+    p2 = sum(param_sq[i] for i in matrices)
+    u2 = sum(dir_sq[i] for i in matrices) if t > 1 else float(sum(tensors["directions"][i].numel() for i in matrices))
+    if p2 > 0.0 and u2 > 0.0:
+        d = min(d, MAX_UPDATE_RATIO * math.sqrt(p2 / u2))
     d = min(max(d, MIN_BASE_SCALE), MAX_BASE_SCALE)
     c["base_scale"], c["landscape_factor"] = d, mu
-
-    # Variance factor per tensor, from the EMAs before this step's gradient: with c_k the variance of the
-    # debiased EMA m_hat relative to the gradient's, E[m_hat^2] = S + c_k sigma^2 and E[v_hat] = S + sigma^2.
-    phis, weights = [], []
-    for i in range(n):
-        group = groups[tensors["group_index"][i]]
-        k = tensors["steps"][i]
-        p_exp, floor = group["variance_power"], group["min_variance_factor"]
-        phi = 1.0
-        if k >= warmup and k > 0 and p_exp > 0.0:
-            ck = (1.0 - beta1) * (1.0 + beta1**k) / ((1.0 + beta1) * (1.0 - beta1**k))
-            noise = max(v_sum[i] - m_sq[i], 0.0) / max(1.0 - ck, 1e-12)
-            signal = max(m_sq[i] - ck * noise, 0.0)
-            if signal + noise > 0.0:
-                phi = max(signal / (signal + noise), floor) ** p_exp
-        phis.append(phi)
-        weights.append(tensors["params"][i].numel())
 
     # Per-tensor step: s (scheduler multiplier) * d * phi. The direction kept for the next secant is the
     # actual step's direction, so it is weighted by s * phi as well.
@@ -459,13 +489,11 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         step_sizes.append(s * d * phis[i])
         decays.append(s * d * group["weight_decay"])
         dir_weights.append(s * phis[i])
-    total = float(sum(weights))
-    mean_phi = sum(w * f for w, f in zip(weights, phis)) / total
-    c["variance_factor"] = mean_phi
+    c["variance_factor"] = signal_fraction
     for group in groups:
         group.update(c)
         s = group["lr"] / group["base_lr"] if group["base_lr"] > 0.0 else 0.0
-        group["effective_lr"] = s * d * mean_phi
+        group["effective_lr"] = s * d  # the gate's numel-weighted mean is 1
     return {"step_sizes": step_sizes, "decays": decays, "dir_weights": dir_weights,
             "eps": [groups[gi]["eps"] for gi in tensors["group_index"]]}
 
@@ -474,9 +502,9 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
 # Reference implementation: one tensor at a time, reads like the math
 # ---------------------------------------------------------------------------------------------------
 def _single_tensor_stats(tensors: dict) -> Tensor:
-    rows: list[list[Tensor]] = [[], [], [], [], []]
-    for g, m, v, direction, pre, k, (beta1, beta2) in zip(
-        tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
+    rows: list[list[Tensor]] = [[], [], [], [], [], [], []]
+    for p, g, m, v, direction, pre, k, (beta1, beta2) in zip(
+        tensors["params"], tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
         tensors["directions"], tensors["pre"], tensors["steps"], tensors["betas"],
     ):
         g = g.to(m.dtype)
@@ -490,6 +518,8 @@ def _single_tensor_stats(tensors: dict) -> Tensor:
         else:
             rows[3].append(torch.zeros((), dtype=m.dtype, device=m.device))
             rows[4].append(torch.zeros((), dtype=m.dtype, device=m.device))
+        rows[5].append((_subsample(_local(p)).to(m.dtype) ** 2).sum())  # |theta|^2 (subsample)
+        rows[6].append((direction**2).sum())  # |previous step direction|^2 (subsample)
     return torch.stack([torch.stack(r).to(rows[0][0].device) for r in rows])
 
 
@@ -536,7 +566,10 @@ def _multi_tensor_stats(tensors: dict) -> Tensor:
         else:
             m_sq.append(torch.zeros((), dtype=m.dtype, device=m.device))
             v_sum.append(torch.zeros((), dtype=m.dtype, device=m.device))
-    return torch.stack([grad_sq, after, before.to(grad_sq.device), torch.stack(m_sq), torch.stack(v_sum)])
+    p_sq = [(_subsample(_local(p)).to(m.dtype) ** 2).sum() for p, m in zip(tensors["params"], tensors["exp_avgs"])]
+    dir_sq = [(d**2).sum() for d in tensors["directions"]]
+    return torch.stack([grad_sq, after, before.to(grad_sq.device), torch.stack(m_sq), torch.stack(v_sum),
+                        torch.stack(p_sq), torch.stack(dir_sq)])
 
 
 def _multi_tensor_apply(tensors: dict, plan: dict) -> None:

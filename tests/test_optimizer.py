@@ -1,0 +1,413 @@
+"""AdaOpt as a torch optimizer: the math (fast path == reference), the contract, and that it trains."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hf_adaopt import AdaOpt
+from hf_adaopt import optimizer as adaopt_module
+
+# One tolerance for "the foreach path equals the reference" in float64.
+PARITY_ATOL = 1e-10
+
+
+def _toy_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 3))
+    return model.to(dtype)
+
+
+def _toy_data(n=256, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    w = torch.randn(8, 3, generator=g)
+    y = (x @ w).argmax(1)
+    return x.to(dtype), y
+
+
+def _train(model, opt, x, y, steps, batch=32, feed_loss=True, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]).float(), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        if feed_loss:
+            opt.set_loss(loss)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# ------------------------------------------------------------------------------------------ it trains
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_falls_on_a_small_problem(dtype):
+    model = _toy_model(dtype)
+    x, y = _toy_data(dtype=dtype)
+    opt = AdaOpt(model.parameters())
+    losses = _train(model, opt, x, y, steps=200)
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert all(math.isfinite(v) for v in opt.diagnostics().values())
+
+
+def test_bf16_parameters_keep_fp32_state():
+    model = _toy_model(torch.bfloat16)
+    x, y = _toy_data(dtype=torch.bfloat16)
+    opt = AdaOpt(model.parameters())
+    _train(model, opt, x, y, steps=3)
+    for state in opt.state.values():
+        for key in ("exp_avg", "exp_avg_sq", "direction", "pre"):
+            assert state[key].dtype == torch.float32, key
+
+
+def test_bf16_state_stays_fp32_and_exact_after_load_state_dict():
+    model = _toy_model(torch.bfloat16)
+    x, y = _toy_data(dtype=torch.bfloat16)
+    opt = AdaOpt(model.parameters())
+    _train(model, opt, x, y, steps=15)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    opt2 = AdaOpt(model.parameters())
+    opt2.load_state_dict(saved)
+    for p in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq", "direction"):
+            assert opt2.state[p][key].dtype == torch.float32
+            assert torch.equal(opt2.state[p][key], opt.state[p][key])
+
+
+# ----------------------------------------------------------------------------- fast path == reference
+def _parity_setup(foreach):
+    torch.manual_seed(0)
+    model = nn.ModuleDict({
+        "big": nn.Linear(96, 64),  # 6144 weights > SMALL_TENSOR: exercises the block subsample
+        "small": nn.Linear(64, 4),
+        "frozen": nn.Linear(4, 4),
+        "unused": nn.Linear(4, 4),  # gets no gradient: grad stays None
+    }).double()
+    empty = nn.Parameter(torch.zeros(0, dtype=torch.float64))  # zero-size parameter
+    model.frozen.requires_grad_(False)
+    groups = [
+        {"params": [model.big.weight, model.small.weight, model.unused.weight, empty], "weight_decay": 0.1},
+        {"params": [model.big.bias, model.small.bias, model.unused.bias, *model.frozen.parameters()],
+         "weight_decay": 0.0, "lr": 2e-3},
+    ]
+    opt = AdaOpt(groups, lr=1e-3, foreach=foreach, warmup_steps=3)
+    return model, empty, opt
+
+
+def _parity_run(foreach, steps=25):
+    model, empty, opt = _parity_setup(foreach)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 96, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (128,), generator=g)
+    for step in range(steps):
+        idx = torch.randint(0, 128, (16,), generator=g)
+        out = model["small"](torch.tanh(model["big"](x[idx])))
+        out = model["frozen"](out) + 0.0 * empty.sum()
+        loss = nn.functional.cross_entropy(out, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.set_loss(loss)
+        opt.step()
+    return model, opt
+
+
+def test_foreach_path_equals_reference_in_float64():
+    model_ref, opt_ref = _parity_run(foreach=False)
+    model_fast, opt_fast = _parity_run(foreach=True)
+    for (name, p_ref), p_fast in zip(model_ref.named_parameters(), model_fast.parameters()):
+        torch.testing.assert_close(p_fast, p_ref, atol=PARITY_ATOL, rtol=0, msg=name)
+    for key, value in opt_ref.diagnostics().items():
+        assert opt_fast.diagnostics()[key] == pytest.approx(value, abs=PARITY_ATOL), key
+    # the controller really moved during the run (the parity is not that of two no-ops)
+    assert opt_ref.diagnostics()["base_scale"] != pytest.approx(1e-3, rel=1e-3)
+    assert model_ref.unused.weight.grad is None and model_ref.unused.weight not in opt_ref.state
+    assert all(p not in opt_ref.state for p in model_ref.frozen.parameters())
+
+
+# --------------------------------------------------------------------------------- the step's contract
+def test_state_dict_round_trip_continues_in_lockstep():
+    x, y = _toy_data()
+    model_a = _toy_model()
+    opt_a = AdaOpt(model_a.parameters(), weight_decay=0.01)
+    _train(model_a, opt_a, x, y, steps=30, seed=5)
+
+    buf = io.BytesIO()
+    torch.save({"model": model_a.state_dict(), "opt": opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)  # what Trainer does with optimizer.pt
+    model_b = _toy_model(seed=99)
+    model_b.load_state_dict(saved["model"])
+    opt_b = AdaOpt(model_b.parameters(), weight_decay=0.01)
+    opt_b.load_state_dict(saved["opt"])
+
+    _train(model_a, opt_a, x, y, steps=20, seed=6)
+    _train(model_b, opt_b, x, y, steps=20, seed=6)
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+    assert opt_a.diagnostics() == opt_b.diagnostics()
+
+
+def test_state_dict_holds_only_tensors_and_plain_python_values():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters())
+    _train(model, opt, x, y, steps=12)
+
+    def check(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                check(k)
+                check(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                check(v)
+        else:
+            assert value is None or isinstance(value, (torch.Tensor, bool, int, float, str)), type(value)
+
+    check(opt.state_dict())
+
+
+def test_zero_gradients_give_no_nan():
+    model = _toy_model()
+    opt = AdaOpt(model.parameters())
+    before = copy.deepcopy(model.state_dict())
+    for _ in range(20):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    for name, p in model.state_dict().items():
+        assert torch.isfinite(p).all(), name
+        assert torch.equal(p, before[name]), name
+    assert all(math.isfinite(v) for v in opt.diagnostics().values())
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_skips_the_step_without_poisoning(foreach, bad):
+    torch.manual_seed(0)
+    model = nn.Linear(100, 100)  # 10,000 weights: the bad element sits outside the subsample
+    opt = AdaOpt(model.parameters(), foreach=foreach)
+    x = torch.randn(16, 100)
+    for _ in range(5):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    params = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(opt.state_dict())
+
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    model.weight.grad[7, 3] = bad  # index 703: in the block [512, 768) not sampled (blocks of 16 per 256)
+    opt.step()
+
+    assert opt.diagnostics()["skipped_steps"] == 1
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, params[name]), name
+    for pid, s in opt.state_dict()["state"].items():
+        for key, value in s.items():
+            ref = state["state"][pid][key]
+            assert torch.equal(value, ref) if isinstance(value, torch.Tensor) else value == ref, key
+    # and the next finite step proceeds
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.weight, params["weight"])
+
+
+def test_group_with_lr_zero_stays_unchanged():
+    model = _toy_model()
+    x, y = _toy_data()
+    frozen, moving = list(model[0].parameters()), [p for m in (model[2], model[4]) for p in m.parameters()]
+    opt = AdaOpt([{"params": frozen, "lr": 0.0}, {"params": moving}], lr=1e-3, weight_decay=0.1)
+    before = [p.detach().clone() for p in frozen]
+    moving_before = [p.detach().clone() for p in moving]
+    _train(model, opt, x, y, steps=15)
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before))
+    assert not all(torch.equal(p, b) for p, b in zip(moving, moving_before))
+
+
+def test_scheduler_scales_the_step():
+    """group["lr"] is a multiplier: LambdaLR at 0.5 halves the effective lr the controller sets."""
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    _train(model, opt, x, y, steps=1)
+    sched.step()
+    d = opt.diagnostics()
+    assert d["effective_lr"] == pytest.approx(0.5 * d["base_scale"] * d["variance_factor"])
+
+
+def test_closure_is_called_and_its_loss_returned():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters())
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    losses = [opt.step(closure).item() for _ in range(30)]
+    assert len(calls) == 30
+    assert losses[-1] < losses[0]
+    assert opt.param_groups[0]["loss_count"] == 30  # the closure's loss fed the loss guard
+
+
+def test_one_host_sync_per_step(monkeypatch):
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters())
+    _train(model, opt, x, y, steps=2)
+    syncs = []
+    real_tolist = torch.Tensor.tolist
+
+    def counting_tolist(self):
+        syncs.append(1)
+        return real_tolist(self)
+
+    def forbidden(self, *a, **k):
+        raise AssertionError("per-tensor host sync in the optimizer step")
+
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.set_loss(loss.detach())
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__float__", forbidden)
+    opt.step()
+    assert len(syncs) == 1
+
+
+def test_state_memory_is_within_adamw_budget_plus_subsample():
+    model = nn.Sequential(nn.Linear(512, 2048), nn.Linear(2048, 512), nn.LayerNorm(512))
+    opt = AdaOpt(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values()
+                      for v in s.values() if isinstance(v, torch.Tensor))
+    n = sum(p.numel() for p in model.parameters())
+    assert state_bytes / n <= 8.8
+
+
+def test_landscape_factor_grows_a_too_small_step_and_shrinks_an_overshooting_one():
+    """Deterministic quadratic with its minimum away from 0: the secant grows d while the loss is still
+    linear along the step, shrinks it once steps overshoot, and every initial lr converges."""
+
+    def run(lr, steps=300):
+        torch.manual_seed(0)
+        target = torch.full((64,), 5.0)
+        w = nn.Parameter(target + 3 * torch.randn(64))
+        h = torch.linspace(0.5, 2.0, 64)
+        opt = AdaOpt([w], lr=lr, warmup_steps=2, variance_power=0.0)
+        factors, losses = [], []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = (0.5 * h * (w - target) ** 2).sum()
+            loss.backward()
+            opt.step()
+            factors.append(opt.diagnostics()["landscape_factor"])
+            losses.append(loss.item())
+        return factors, losses, opt
+
+    for lr in (1e-4, 1e-2, 1e-1):
+        factors, losses, opt = run(lr)
+        assert losses[-1] < 1e-4 * losses[0], lr
+        if lr >= 1e-2:
+            assert min(factors) < 1.0, lr  # overshoot near the minimum shrinks the step
+    factors, _, opt = run(1e-4, steps=40)
+    assert min(factors[3:]) > 1.0 and opt.diagnostics()["base_scale"] > 10 * 1e-4
+
+
+def test_repr_and_diagnostics():
+    model = _toy_model()
+    opt = AdaOpt(model.parameters(), lr=3e-4)
+    assert set(opt.diagnostics()) == {"effective_lr", "variance_factor", "landscape_factor",
+                                      "base_scale", "skipped_steps", "loss_spikes"}
+    assert opt.diagnostics()["effective_lr"] == 3e-4
+    text = repr(opt)
+    assert text.startswith("AdaOpt (") and "lr: 0.0003" in text and "adapt_rate" in text
+
+
+def test_param_group_added_later_joins_the_controller():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(list(model[0].parameters()) + list(model[2].parameters()))
+    _train(model, opt, x, y, steps=20)
+    opt.add_param_group({"params": list(model[4].parameters())})
+    assert opt.param_groups[1]["base_scale"] == opt.param_groups[0]["base_scale"]
+    _train(model, opt, x, y, steps=5)
+    assert opt.param_groups[1]["base_scale"] == opt.param_groups[0]["base_scale"]
+
+
+def test_empty_optimizer_step_is_a_no_op():
+    p = nn.Parameter(torch.ones(3))
+    opt = AdaOpt([p])
+    assert opt.step() is None  # no gradients at all
+    assert torch.equal(p, torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -1.0}, "Invalid learning rate: -1.0"),
+        ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0: 1.0"),
+        ({"betas": (0.9, -0.1)}, "Invalid beta parameter at index 1: -0.1"),
+        ({"eps": 0.0}, "Invalid epsilon value: 0.0"),
+        ({"weight_decay": -0.1}, "Invalid weight_decay value: -0.1"),
+        ({"adapt_rate": 2.0}, "Invalid adapt_rate value: 2.0"),
+        ({"variance_power": -1.0}, "Invalid variance_power value: -1.0"),
+        ({"min_variance_factor": 0.0}, "Invalid min_variance_factor value: 0.0"),
+        ({"warmup_steps": -3}, "Invalid warmup_steps value: -3"),
+        ({"loss_spike_threshold": 0.0}, "Invalid loss_spike_threshold value: 0.0"),
+    ],
+)
+def test_invalid_arguments_name_the_bad_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        AdaOpt(_toy_model().parameters(), **kwargs)
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="momentum"):
+        AdaOpt(_toy_model().parameters(), momentum=0.9)
+
+
+def test_sparse_gradients_get_a_clear_error():
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = AdaOpt(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+
+
+def test_set_loss_rejects_non_scalars():
+    opt = AdaOpt(_toy_model().parameters())
+    with pytest.raises(ValueError, match="scalar loss"):
+        opt.set_loss(torch.ones(3))
+
+
+def test_subsample_is_a_fixed_sixteenth_of_large_tensors():
+    t = torch.arange(10_000.0)
+    sub = adaopt_module._subsample(t)
+    assert sub.numel() == (10_000 // 256) * 16
+    assert sub[0, :3].tolist() == [0.0, 1.0, 2.0] and sub[1, 0].item() == 256.0
+    small = torch.arange(100.0)
+    assert torch.equal(adaopt_module._subsample(small), small)
