@@ -274,8 +274,8 @@ def _model_card_data(repo_id: str, eval_results: dict, run_config: dict, optimiz
     from huggingface_hub import EvalResult, ModelCardData
 
     task_args = run_config.get("task_args") or {}
-    task = task_args.get("task") or run_config.get("task") or "digits"
-    task_type, dataset_label, hub_dataset = TASKS.get(task, ("other", task, None))
+    task = task_args.get("task") or run_config.get("task") or "unknown"
+    task_type, dataset_label, hub_dataset = TASKS.get(task, ("other", f"{task} (not recorded in run_config.json)", None))
     local_files = [Path(f).name for f in (task_args.get("train_file"), task_args.get("validation_file")) if f]
     if local_files:
         dataset_type, dataset_label, hub_dataset = "local-files", ", ".join(local_files), None
@@ -295,7 +295,7 @@ def _model_card_data(repo_id: str, eval_results: dict, run_config: dict, optimiz
         for key, (metric, metric_name) in EVAL_METRICS.items()
         if _is_number(eval_results.get(key))
     ]
-    tags = ["hf-adaopt", "optimizer", optimizer, task, task_type]
+    tags = ["hf-adaopt", "optimizer", *(t for t in (optimizer, task, task_type) if t not in ("unknown", "other"))]
     return (
         ModelCardData(
             model_name=_repo_name(repo_id),
@@ -461,7 +461,8 @@ def summarize_results(results: Any, records: list[dict]) -> dict:
     if not groups:
         source = "results.jsonl"
         for opt in sorted({str(r.get("optimizer")) for r in records if r.get("optimizer")}):
-            row = {"optimizer": opt, "learning_rate": None, "n": 0}
+            row = {"optimizer": opt, "learning_rate": None, "n": 0, "train_time_s": None,
+                   "steps_to_threshold": None, "lr_cv": None}
             for key in ("eval_accuracy", "eval_loss"):
                 values = [r["eval"][key] for r in records
                           if r.get("optimizer") == opt and _is_number((r.get("eval") or {}).get(key))]
@@ -515,7 +516,8 @@ def build_results_card(output_dir: str | os.PathLike, repo_id: str, plots: list[
         groups=table["groups"],
         comparisons=table["comparisons"],
         source=table["source"],
-        methods=results.get("methods") if isinstance(results, dict) and isinstance(results.get("methods"), dict) else {},
+        methods={key: (results.get("methods") or {}).get(key) if isinstance(results, dict) else None
+                 for key in ("ci", "tests", "effect_sizes", "significance")},
         alpha=results.get("alpha", 0.05) if isinstance(results, dict) else 0.05,
         plots=plots,
         data_files=data_files or [],

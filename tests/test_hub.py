@@ -394,6 +394,20 @@ def test_comparison_dry_run_matches_the_upload_list(comparison_dir, tmp_path):
     assert result.files == sorted([p.name for p in comparison_dir.iterdir() if p.is_file()] + ["README.md"])
 
 
+def test_results_card_falls_back_to_results_jsonl_when_results_json_has_no_groups(comparison_dir, tmp_path):
+    d = tmp_path / "partial"
+    d.mkdir()
+    lines = (comparison_dir / "results.jsonl").read_text().splitlines()
+    (d / "results.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:40])  # torn last line: interrupted
+    (d / "results.json").write_text("{}")
+    (d / "report.md").write_text("# report\n")
+    result = hub.push_comparison(d, f"{USER}/partial", dry_run=tmp_path / "preview")
+    adam = [json.loads(line)["eval"]["eval_accuracy"] for line in lines if '"adam"' in line]
+    mean = sum(adam) / len(adam)
+    assert f"| adam |  | 3 | {mean * 100:.2f} ± " in result.card.text
+    assert "computed from `results.jsonl`" in result.card.text
+
+
 # ----------------------------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("case", sorted(FAILURES))
 def test_push_failure_names_problem_and_fix_and_keeps_local_files(case, cli):
