@@ -557,7 +557,9 @@ def summary_table(result: dict) -> str:
                 _fmt_summary(m["train_time_s"], 1, 1, ci=False),
                 steps_txt,
                 _num(m["lr_cv"]["mean"], ".3f"),
-                "ref" if g["optimizer"] == REFERENCE else (f"{-100 * c['mean_diff']:+.2f}" if c else "–"),
+                "ref"
+                if g["optimizer"] == REFERENCE
+                else (f"{round(-100 * c['mean_diff'], 2) + 0.0:+.2f}" if c else "–"),
                 "" if g["optimizer"] == REFERENCE else (_pval(c["welch_p_holm"]) if c else "–"),
             ]
         )
@@ -833,89 +835,153 @@ def _aligned_curves(runs: Sequence[dict], key: str) -> tuple[list[float], list[l
     return common, [[c[s] for s in common] for c in curves]
 
 
+def _draw_curves(ax, groups, names, lr, key, scale, seed, colors) -> bool:
+    drawn = False
+    for name in names:
+        runs = groups.get((name, lr))
+        if not runs:
+            continue
+        steps, mat = _aligned_curves(runs, key)
+        if not steps:
+            continue
+        arr = np.asarray(mat) * scale
+        ax.plot(
+            steps,
+            arr.mean(axis=0),
+            color=colors[name],
+            lw=2.4 if name == REFERENCE else 1.4,
+            marker="o",
+            ms=2.5,
+            label=f"{name} (n={len(runs)})",
+            zorder=3 if name == REFERENCE else 2,
+        )
+        if arr.shape[0] > 1:
+            low, high = stats.bootstrap_ci_curve(arr, seed=seed)
+            ax.fill_between(steps, low, high, color=colors[name], alpha=0.18, lw=0)
+        drawn = True
+    ax.set_xlabel("optimizer step")
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+# The zoomed accuracy panel shows this many points below the best mean accuracy.
+ZOOM_POINTS = 6.0
+
+
 def plot_curves(groups, key: str, ylabel: str, path: str, seed: int, scale: float = 1.0) -> bool:
+    """Mean curve over seeds with a 95% bootstrap band, one panel per initial lr.
+
+    Accuracy gets a second panel per lr zoomed on the top ZOOM_POINTS points, where the optimizers that
+    converge differ by fractions of a point.
+    """
     lrs = sorted({lr for _, lr in groups}, key=_grid_order)
     names = sorted({n for n, _ in groups}, key=_order_key)
     colors = _colors(names)
-    fig, axes = _new_figure(len(lrs))
+    zoom = key == "eval_accuracy"
+    panels = 2 * len(lrs) if zoom else len(lrs)
+    fig, axes = _new_figure(panels, max_cols=2 if zoom else 3)
     drawn = False
-    for ax, lr in zip(axes, lrs, strict=False):
-        for name in names:
-            runs = groups.get((name, lr))
-            if not runs:
-                continue
-            steps, mat = _aligned_curves(runs, key)
-            if not steps:
-                continue
-            arr = np.asarray(mat) * scale
-            mean_curve = arr.mean(axis=0)
-            lw = 2.4 if name == REFERENCE else 1.4
-            ax.plot(
-                steps,
-                mean_curve,
-                color=colors[name],
-                lw=lw,
-                marker="o",
-                ms=3,
-                label=f"{name} (n={len(runs)})",
-            )
-            if arr.shape[0] > 1:
-                low, high = stats.bootstrap_ci_curve(arr, seed=seed)
-                ax.fill_between(steps, low, high, color=colors[name], alpha=0.18, lw=0)
-            drawn = True
-        ax.set_xlabel("optimizer step")
+    for i, lr in enumerate(lrs):
+        title = "" if len(lrs) == 1 else ("default lr" if lr is None else f"initial lr {lr:g}")
+        ax = axes[2 * i] if zoom else axes[i]
+        drawn |= _draw_curves(ax, groups, names, lr, key, scale, seed, colors)
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if len(lrs) > 1:
-            ax.set_title("default lr" if lr is None else f"initial lr {lr:g}")
+        ax.set_title(title)
         if key == "eval_loss":
             ax.set_yscale("log")
-        if key == "eval_accuracy":
-            top = max((line.get_ydata().max() for line in ax.get_lines()), default=1.0)
-            ax.set_ylim(bottom=max(0.0, min(ax.get_ylim()[0], top - 0.3 * scale)))
-    axes[0].legend(fontsize=8, loc="best")
+        if zoom:
+            zax = axes[2 * i + 1]
+            _draw_curves(zax, groups, names, lr, key, scale, seed, colors)
+            top = max((float(np.max(line.get_ydata())) for line in zax.get_lines()), default=scale)
+            zax.set_ylim(top - ZOOM_POINTS * scale / 100, top + 0.15 * ZOOM_POINTS * scale / 100)
+            zax.set_ylabel(ylabel)
+            zax.set_title((title + ": " if title else "") + f"zoom on the top {ZOOM_POINTS:g} points")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside right center")
     fig.suptitle(f"{ylabel} vs step — mean over seeds, 95% bootstrap CI band")
     if drawn:
         fig.savefig(path, dpi=110)
     return drawn
 
 
+def _constant_lr(runs: Sequence[dict]) -> float | None:
+    """The lr when every run of the group recorded one and the same constant lr, else None."""
+    values = set()
+    for r in runs:
+        lr = [v for v in (r.get("lr_trajectory") or {}).get("lr", []) if v is not None]
+        if not lr:
+            return None
+        values.update(lr)
+    return values.pop() if len(values) == 1 else None
+
+
 def plot_lr(groups, path: str) -> bool:
+    """Per-run lr trajectories (log scale); optimizers with one constant lr are drawn as one labelled dashed line."""
+    from hf_adaopt.baselines import LR_FREE
+
     lrs = sorted({lr for _, lr in groups}, key=_grid_order)
     names = sorted({n for n, _ in groups}, key=_order_key)
     colors = _colors(names)
     fig, axes = _new_figure(len(lrs))
     drawn = False
     for ax, lr in zip(axes, lrs, strict=False):
+        constant: dict[float, list[str]] = defaultdict(list)
+        plotted: list[float] = []
         for name in names:
-            for i, r in enumerate(groups.get((name, lr), [])):
+            runs = groups.get((name, lr), [])
+            value = _constant_lr(runs)
+            if value is not None and name != REFERENCE:
+                constant[value].append(name)
+                continue
+            for i, r in enumerate(runs):
                 traj = r.get("lr_trajectory") or {}
-                steps, vals = traj.get("step", []), traj.get("lr", [])
                 pts = [
                     (s, v)
-                    for s, v in zip(steps, vals, strict=False)
+                    for s, v in zip(traj.get("step", []), traj.get("lr", []), strict=False)
                     if v is not None and math.isfinite(v) and v > 0
                 ]
                 if not pts:
                     continue
-                xs, ys = zip(*pts, strict=False)
+                xs, ys = zip(*pts, strict=True)
+                plotted.extend(ys)
                 ax.plot(
                     xs,
                     ys,
                     color=colors[name],
                     lw=2.0 if name == REFERENCE else 1.2,
                     alpha=0.75,
-                    label=name if i == 0 else None,
+                    label=(name if name != REFERENCE else "adaopt (effective lr)") if i == 0 else None,
                 )
                 drawn = True
+        for value, members in sorted(constant.items()):
+            if value <= 0:
+                continue
+            peers = [m for m in members if m in LR_FREE]
+            note = " (lr multiplier; their own step-size estimate is not recorded)" if peers else ""
+            ax.axhline(value, color="grey", ls="--", lw=1.2)
+            ax.annotate(
+                f"constant {value:g}: {', '.join(members)}{note}",
+                (0.99, value),
+                xycoords=("axes fraction", "data"),
+                textcoords="offset points",
+                xytext=(0, -10),
+                ha="right",
+                fontsize=7.5,
+                color="dimgrey",
+            )
+            drawn = True
+            plotted.append(value)
         ax.set_yscale("log")
+        if plotted:  # room for the labels of the constant lines
+            ax.set_ylim(min(plotted) / 1.8, max(plotted) * 1.6)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("learning rate (AdaOpt: effective)")
         ax.grid(alpha=0.3, which="both")
         if len(lrs) > 1:
             ax.set_title("default lr" if lr is None else f"initial lr {lr:g}")
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Learning rate over training, one line per run")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Learning rate over training, one line per run (dashed: constant lr)")
     if drawn:
         fig.savefig(path, dpi=110)
     return drawn
