@@ -16,9 +16,11 @@ How a push goes: the files to upload are staged in a temporary directory (the lo
 never modified, and stay where they are whatever happens), the card is rendered from the templates in
 `hf_adaopt.model_cards` and parsed back with `huggingface_hub`'s card classes, then `whoami` checks the
 token, `create_repo(exist_ok=True)` makes the repo, `create_branch` the `--revision` when it is not main,
-and one `upload_folder` commit sends everything. The endpoint is `HF_ENDPOINT` (default
-https://huggingface.co), read when the push starts; the token is `--token`, else `HF_TOKEN`, else the
-login cache of `hf auth login`.
+and one `upload_folder` commit sends everything. These are the methods of an `HfApi(endpoint=...)` (what
+`huggingface_hub.create_repo` / `upload_folder` call), so that the endpoint is `HF_ENDPOINT` as set when the
+push starts, also when huggingface_hub was imported earlier (default https://huggingface.co). The token is
+`--token`, else `HF_TOKEN`, else the login cache of `hf auth login`. A Hub token found in a text file to
+upload (e.g. `--hub_token` recorded in run_config.json's command) is replaced in the uploaded copy.
 """
 
 from __future__ import annotations
