@@ -262,14 +262,24 @@ def resolve_optimizers(text: str) -> list[str]:
 def build_grid(
     task: str, optimizers: Sequence[str], seeds: Sequence[int], lrs: Sequence[float | None]
 ) -> list[RunSpec]:
-    """The full grid in its canonical order (task, lr, optimizer, seed)."""
-    grid = [RunSpec(task, o, s, lr) for lr in lrs for o in optimizers for s in seeds]
-    return sorted(grid, key=RunSpec.sort_key)
+    """The full grid in run order: seed by seed, every lr and optimizer within a seed.
+
+    Interleaving (rather than all seeds of one optimizer in a row) keeps drifts in machine load from
+    lining up with one optimizer's training times, and makes a partial comparison cover every optimizer.
+    Within the i-th seed the optimizer order is rotated by i, so the first run of a process (which pays
+    one-off warm-up costs) is not always the same optimizer's.
+    """
+    opts = sorted(optimizers, key=report_mod._order_key)
+    grid = []
+    for i, seed in enumerate(sorted(seeds)):
+        rotated = opts[i % len(opts) :] + opts[: i % len(opts)]
+        grid += [RunSpec(task, o, seed, lr) for lr in lrs for o in rotated]
+    return grid
 
 
 def shard_grid(grid: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
-    """Every count-th run starting at index: the shards partition the grid and interleave optimizers."""
-    return [spec for i, spec in enumerate(sorted(grid, key=RunSpec.sort_key)) if i % count == index]
+    """Every count-th run of the grid's order starting at index: the shards partition the grid."""
+    return [spec for i, spec in enumerate(grid) if i % count == index]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -341,7 +341,8 @@ def lr_sweep_analysis(summaries: Sequence[dict], confidence: float, tolerance: f
 
 
 def _environment(runs: Sequence[dict], config: dict) -> dict:
-    env = dict(config.get("environment", {}))
+    recorded = dict(config.get("environment", {}))
+    env = {**recorded.pop("versions", {}), **recorded}
     for r in runs:
         for k, v in (r.get("environment") or {}).items():
             env.setdefault(k, v)
@@ -467,7 +468,7 @@ def plain_summary(result: dict) -> list[str]:
 
         parts = []
         if better:
-            parts.append(f"AdaOpt is significantly better than {names(better)}")
+            parts.append(f"significantly better than {names(better)}")
         if worse:
             parts.append(f"significantly worse than {names(worse)}")
         if same:
@@ -476,7 +477,9 @@ def plain_summary(result: dict) -> list[str]:
             parts.append(
                 f"no significant difference in the rank test with unreached runs ranked last for {names(same_censored)}"
             )
-        lines.append(f"**{label.capitalize()}**: " + "; ".join(parts) + f" (Holm-adjusted, α = {alpha}).")
+        lines.append(
+            f"**{label.capitalize()}**: AdaOpt is " + "; ".join(parts) + f" (Holm-adjusted, α = {alpha})."
+        )
     floor = result["methods"]["mwu_floor"]
     if floor["smallest_p"] is not None and floor["family_size"]:
         smallest_adj = min(1.0, floor["smallest_p"] * floor["family_size"])
