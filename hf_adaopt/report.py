@@ -671,7 +671,8 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         "## Results per optimizer",
         "",
         "Mean ± sample std over seeds [95% percentile-bootstrap CI of the mean]. Training time is the Trainer's "
-        "`train_runtime` (includes the per-epoch evaluations).",
+        "`train_runtime` minus the evaluations run during training; runs ran one after another in one process, "
+        "so wall-clock times also reflect the machine's load at the time.",
         "",
     ]
     header = [

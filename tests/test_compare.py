@@ -302,3 +302,15 @@ def test_run_order_interleaves_seeds_and_rotates_optimizers():
         (1, "adam"),
         (1, "adaopt"),
     ]
+
+
+def test_training_time_excludes_the_evaluations_during_training():
+    history = [
+        {"loss": 1.0, "step": 1},
+        {"eval_runtime": 0.25, "eval_accuracy": 0.5, "step": 2},
+        {"eval_runtime": 0.5, "eval_accuracy": 0.6, "step": 4},
+        {"train_runtime": 3.0, "step": 4},
+        {"eval_runtime": 0.5, "eval_accuracy": 0.6, "step": 4},  # the final evaluate(), after train()
+    ]
+    assert compare.training_time(history, 3.0) == 2.25
+    assert compare.training_time(history, None) is None
