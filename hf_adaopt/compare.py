@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument(
-        "--task", default="digits", help="digits (offline default) | mnist | cifar10 | imdb | squad"
+        "--task",
+        default="digits",
+        help="digits (offline default) | mnist | cifar10 | imdb | squad; several comma-separated run one "
+        "comparison each, in <output_dir>/<task>",
     )
     p.add_argument(
         "--optimizers",
