@@ -3,9 +3,10 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --main_process_port 29512 \
         tests/ddp_worker.py --output_dir /tmp/ddp --steps 25
 
-Each rank trains the same tiny classifier on its own shard of the data, twice: with a plain accelerate loop
-(``accelerator.backward``, ``opt.set_loss(local_loss)``, ``opt.step()``) and with ``transformers.Trainer`` +
-`AdaOptCallback`. It saves ``<output_dir>/<mode>_rank<r>.pt`` with its final parameters, AdaOpt's diagnostics
+Each rank trains the same tiny classifier on its own shard of the data: with a plain accelerate loop
+(``accelerator.backward``, ``opt.set_loss(local_loss)``, ``opt.step()``), with ``transformers.Trainer`` +
+`AdaOptCallback`, and with the Trainer, gradient accumulation and a model whose loss is normalized by
+``num_items_in_batch`` of all ranks (the path transformers' language models take). It saves ``<output_dir>/<mode>_rank<r>.pt`` with its final parameters, AdaOpt's diagnostics
 after every step and the local losses it fed; the test compares the ranks.
 """
 
@@ -73,15 +74,33 @@ def run_accelerate(args) -> dict:
             "diagnostics": inner.diagnostics_per_step, "fed": inner.fed, "groups": _group_scalars(inner)}
 
 
-def run_trainer(args) -> dict:
+class ItemsClassifier(TinyClassifier):
+    """Takes `num_items_in_batch` like transformers' LMs: returns sum of losses / items in the whole window
+    (of all ranks: average_tokens_across_devices). Keeps this rank's plain mean loss of every forward."""
+
+    accepts_loss_kwargs = True  # what the Trainer checks before passing num_items_in_batch
+
+    def __init__(self):
+        super().__init__()
+        self.local_means: list[float] = []
+
+    def forward(self, x, labels=None, num_items_in_batch=None):
+        logits = self.fc2(torch.relu(self.norm(self.fc1(x))))
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        if self.training:
+            self.local_means.append(float(losses.mean()))
+        return {"loss": losses.sum() / num_items_in_batch, "logits": logits}
+
+
+def run_trainer(args, items: bool = False) -> dict:
     from transformers import Trainer, TrainingArguments
 
     training_args = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "trainer"), use_cpu=True, report_to="none", disable_tqdm=True,
         save_strategy="no", per_device_train_batch_size=8, max_steps=args.steps, logging_steps=5,
-        learning_rate=args.lr, lr_scheduler_type="constant", seed=0)
+        learning_rate=args.lr, lr_scheduler_type="constant", seed=0, gradient_accumulation_steps=2 if items else 1)
     set_seed(0)
-    model = TinyClassifier()
+    model = ItemsClassifier() if items else TinyClassifier()
     optimizer = FeedRecorder(model.parameters(), lr=args.lr)
     callback = AdaOptCallback()
     trainer = Trainer(model=model, args=training_args, train_dataset=TinyDataset(256, seed=0),
@@ -90,7 +109,7 @@ def run_trainer(args) -> dict:
     live = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdaOptCallback))
     return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "diagnostics": optimizer.diagnostics_per_step, "fed": optimizer.fed, "groups": _group_scalars(optimizer),
-            "trajectory": live.trajectory,
+            "trajectory": live.trajectory, "local_means": getattr(model, "local_means", None),
             "logged": [{k: v for k, v in e.items() if k.startswith("adaopt/")} for e in trainer.state.log_history
                        if "loss" in e]}
 
@@ -100,11 +119,13 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--modes", default="accelerate,trainer")
+    parser.add_argument("--modes", default="accelerate,trainer,trainer_items")
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     for mode in args.modes.split(","):
-        result = {"accelerate": run_accelerate, "trainer": run_trainer}[mode](args)
+        runs = {"accelerate": run_accelerate, "trainer": run_trainer,
+                "trainer_items": lambda a: run_trainer(a, items=True)}
+        result = runs[mode](args)
         rank = int(os.environ.get("RANK", 0))
         result["world_size"] = int(os.environ.get("WORLD_SIZE", 1))
         torch.save(result, os.path.join(args.output_dir, f"{mode}_rank{rank}.pt"))

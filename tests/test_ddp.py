@@ -13,6 +13,7 @@ import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 STEPS = 25  # beyond AdaOpt's default warmup (10 steps), so the adapted scalars move
+MODES = ("accelerate", "trainer", "trainer_items")
 
 
 def _free_port() -> int:
@@ -32,11 +33,11 @@ def ddp_results(tmp_path_factory):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {(mode, rank): torch.load(out / f"{mode}_rank{rank}.pt", weights_only=False)
-            for mode in ("accelerate", "trainer") for rank in (0, 1)}
+            for mode in MODES for rank in (0, 1)}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["accelerate", "trainer"])
+@pytest.mark.parametrize("mode", MODES)
 def test_ranks_end_with_bitwise_identical_parameters(ddp_results, mode):
     r0, r1 = ddp_results[(mode, 0)], ddp_results[(mode, 1)]
     assert r0["world_size"] == r1["world_size"] == 2
@@ -46,7 +47,7 @@ def test_ranks_end_with_bitwise_identical_parameters(ddp_results, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["accelerate", "trainer"])
+@pytest.mark.parametrize("mode", MODES)
 def test_adaopt_scalars_agree_although_each_rank_feeds_its_own_loss(ddp_results, mode):
     r0, r1 = ddp_results[(mode, 0)], ddp_results[(mode, 1)]
     assert len(r0["fed"]) == len(r1["fed"]) == STEPS
@@ -65,3 +66,12 @@ def test_trainer_callback_under_ddp_records_on_every_rank_and_logs_on_the_main_o
     assert r0["trajectory"]["step"] == list(range(1, STEPS + 1))
     assert len(r0["logged"]) == STEPS // 5 and all("adaopt/effective_lr" in e for e in r0["logged"])
     assert all(e == {} for e in r1["logged"])
+
+
+@pytest.mark.slow
+def test_loss_normalized_by_global_item_count_is_fed_as_this_ranks_mean(ddp_results):
+    """num_items_in_batch counts the items of both ranks and both micro-batches: the fed loss is scaled back."""
+    for rank in (0, 1):
+        r = ddp_results[("trainer_items", rank)]
+        window_means = torch.tensor(r["local_means"]).reshape(STEPS, 2).mean(1)
+        torch.testing.assert_close(torch.tensor(r["fed"]), window_means, rtol=1e-5, atol=1e-6)
