@@ -18,8 +18,10 @@ What the Trainer (transformers 5.x) does and why the code below is shaped by it:
 * ``trainer.evaluate()`` returns the dict it logs: only training logs (those with a ``"loss"`` key) get the
   ``adaopt/`` keys.
 * The trajectory survives ``resume_from_checkpoint``: both callbacks are ``ExportableState``, so the Trainer
-  saves it in each checkpoint's ``trainer_state.json``, and ``on_train_begin`` restores it from there (with or
-  without ``restore_callback_states_from_checkpoint``).
+  saves it in each checkpoint's ``trainer_state.json``, and ``on_train_begin`` restores it from there. With
+  ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback by a new instance built
+  from that state (appended last; it moves itself forward again): read ``.trajectory`` from the instance in
+  ``trainer.callback_handler.callbacks`` then, not from the one you passed in.
 """
 
 from __future__ import annotations
