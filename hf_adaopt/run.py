@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # A first pass for the task and optimizer, which the defaults depend on.
-    pre = HfArgumentParser((TaskArguments, OptimizerArguments))
+    pre = HfArgumentParser((TaskArguments, OptimizerArguments), add_help=False)  # --help: the full parser
     task_args, opt_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if task_args.task not in TASK_NAMES:
         raise ValueError(f"Unknown --task {task_args.task!r}; choose one of {', '.join(TASK_NAMES)}.")

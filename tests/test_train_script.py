@@ -14,7 +14,7 @@ from fixtures.image_fixtures import write_image_dataset
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
 from hf_adaopt import run
-from hf_adaopt.baselines import CORE_OPTIMIZERS
+from hf_adaopt.baselines import CORE_OPTIMIZERS, DEFAULT_LR, available_optimizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "training_scripts", "train.py")
@@ -85,6 +85,16 @@ def test_each_task_trains_with_each_core_optimizer(task, optimizer, image_files,
         assert any("adaopt/effective_lr" in entry for entry in history)
         assert {"variance_factor", "landscape_factor", "base_scale"} <= set(
             json.loads((out_dir / "lr_trajectory.json").read_text()))
+
+
+@pytest.mark.parametrize("optimizer", [n for n in available_optimizers() if n not in CORE_OPTIMIZERS])
+def test_peer_optimizers_run_through_the_same_path(optimizer, tmp_path, capsys):
+    assert run.main(["--optimizer", optimizer, "--max_steps", "3", "--max_train_samples", "96",
+                     "--output_dir", str(tmp_path), *QUIET]) == 0
+    report = _printed_report(capsys.readouterr().out)
+    assert report["eval_loss"] == report["eval_loss"]
+    config = _check_run_dir(tmp_path, optimizer, steps=3)
+    assert config["training_args"]["learning_rate"] == DEFAULT_LR[optimizer]
 
 
 @pytest.mark.parametrize("optimizer", ["adaopt", "adam"])
@@ -194,3 +204,20 @@ def test_hf_adaopt_train_command(tmp_path, capsys):
     assert cli_main(["train", "--max_steps", "1", "--max_train_samples", "32", "--output_dir", str(tmp_path),
                      *QUIET]) == 0
     assert set(_printed_report(capsys.readouterr().out)) == REPORT_KEYS
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, mixed_precision",
+    [("cpu_2proc", "MULTI_GPU", "no"), ("single_gpu_bf16", "NO", "bf16"), ("multi_gpu_ddp", "MULTI_GPU", "bf16"),
+     ("fsdp2", "FSDP", "bf16")],
+)
+def test_accelerate_configs_load(name, distributed_type, mixed_precision):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(REPO, "training_scripts", "accelerate_configs", f"{name}.yaml"))
+    assert config.distributed_type.value == distributed_type
+    assert str(getattr(config.mixed_precision, "value", config.mixed_precision)) == mixed_precision
+    if name == "fsdp2":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if name == "cpu_2proc":  # multi-process launcher; ACCELERATE_USE_CPU=1 keeps it on the CPU
+        assert config.num_processes == 2 and not config.use_cpu
