@@ -230,3 +230,16 @@ def test_cifar10_model_names(tmp_path, training_args):
     assert model.config.base_width == 4 and model.config.id2label[0] == "0"
     with pytest.raises(ValueError, match="vgg16_w<N>"):
         get_task("cifar10").prepare(TaskArguments(**common, model="resnet18"), training_args)
+
+
+def test_model_name_or_path_loads_a_saved_model_or_names_the_offline_options(tmp_path, training_args, monkeypatch):
+    from hf_adaopt.models import MLPConfig, MLPForImageClassification
+
+    saved = MLPForImageClassification(MLPConfig(input_dim=64))
+    saved.save_pretrained(tmp_path / "saved")
+    setup = get_task("digits").prepare(TaskArguments(model_name_or_path=str(tmp_path / "saved")), training_args)
+    torch.testing.assert_close(setup.model.classifier.weight, saved.classifier.weight, rtol=0, atol=0)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(DataUnavailableError, match="model 'someone/mlp-digits' could not be reached"):
+        get_task("digits").prepare(TaskArguments(model_name_or_path="someone/mlp-digits"), training_args)

@@ -384,3 +384,15 @@ def channel_stats(encoded_train, shape, max_images: int = 10_000) -> tuple[list[
     mean = pixels.mean(axis=(0, 2))
     std = np.maximum(pixels.std(axis=(0, 2)), 1e-3)
     return mean.tolist(), std.tolist()
+
+
+def load_saved_model(path: str):
+    """`hf_adaopt.models.load_model(path)` (for `--model_name_or_path`), with the offline message for Hub ids."""
+    from hf_adaopt.models import load_model
+
+    try:
+        return load_model(path)
+    except _network_errors() as exc:
+        if os.path.exists(path):
+            raise
+        raise unreachable_error(f"model {path!r}", exc) from exc

@@ -22,6 +22,7 @@ from hf_adaopt.tasks.base import (
     compute_accuracy,
     encode_images,
     load_raw_datasets,
+    load_saved_model,
 )
 
 DEFAULT_DATASET: str | None = "uoft-cs/cifar10"
@@ -102,9 +103,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     if shape[1] != shape[2]:
         raise ValueError(f"cifar10 expects square images, got shape {shape} (C, H, W).")
     if task_args.model_name_or_path:
-        from hf_adaopt.models import load_model
-
-        model = load_model(task_args.model_name_or_path)
+        model = load_saved_model(task_args.model_name_or_path)
     else:
         names = class_names(raw["train"], NUM_LABELS, default=LABEL_NAMES)
         model = build_model(task_args.model, shape, dict(enumerate(names)))

@@ -21,6 +21,7 @@ from hf_adaopt.tasks.base import (
     compute_accuracy,
     encode_images,
     load_raw_datasets,
+    load_saved_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     mean, std = channel_stats(encoded["train"], shape)
     transform = ImageTransform(shape, mean, std)
     if task_args.model_name_or_path:
-        from hf_adaopt.models import load_model
-
-        model = load_model(task_args.model_name_or_path)
+        model = load_saved_model(task_args.model_name_or_path)
     else:
         model = build_model(task_args.model, shape)
     return TaskSetup(

@@ -15,6 +15,7 @@ from hf_adaopt.tasks.base import (
     compute_accuracy,
     encode_images,
     load_raw_datasets,
+    load_saved_model,
 )
 
 DEFAULT_DATASET: str | None = "ylecun/mnist"
@@ -56,9 +57,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
         raise ValueError(f"mnist expects square images, got shape {shape} (C, H, W).")
     transform = ImageTransform(shape, MEAN, STD)
     if task_args.model_name_or_path:
-        from hf_adaopt.models import load_model
-
-        model = load_model(task_args.model_name_or_path)
+        model = load_saved_model(task_args.model_name_or_path)
     else:
         names = class_names(raw["train"], NUM_LABELS)
         model = build_model(task_args.model, shape, dict(enumerate(names)))
