@@ -64,7 +64,7 @@ SMALL_TENSOR = 4096
 # The secant ratio r is clamped to [SECANT_R_MIN, SECANT_R_MAX]: one step changes the base scale by at most
 # a factor 2**adapt_rate up (r = 1/2) and 4**-adapt_rate down (r = -3). Shrinking is allowed to be faster
 # than growing because overshooting costs more than undershooting.
-SECANT_R_MAX = 0.5
+SECANT_R_MAX = 0.75
 SECANT_R_MIN = -3.0
 # The base scale never leaves this band, whatever the statistics say.
 MIN_BASE_SCALE = 1e-10
@@ -75,6 +75,9 @@ MAX_BASE_SCALE = 10.0
 MAX_UPDATE_RATIO = 0.01
 # EMA factor of the loss guard's running mean and variance.
 LOSS_EMA_BETA = 0.98
+# A spike must also be a rise of at least this fraction of the running mean (on a plateau the loss's
+# standard deviation is tiny, and a 4-sigma rise is no sign of divergence).
+LOSS_SPIKE_MIN_RISE = 0.1
 # Multiplier applied to the base scale when the loss spikes.
 LOSS_SPIKE_BACKOFF = 0.5
 
@@ -449,7 +452,9 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     if t > warmup and c["secant_before"] != 0.0:
         r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
-        mu = (1.0 / (1.0 - r)) ** (kappa * signal_fraction)
+        # Growing is trusted at full rate (r near 1 is a strong, consistent reading even in noise);
+        # shrinking is scaled by the signal share, since noise alone always reads as overshoot.
+        mu = (1.0 / (1.0 - r)) ** (kappa if r > 0.0 else kappa * signal_fraction)
     d = c["base_scale"] * mu
     c["prev_grad_norm"] = grad_norm
 
@@ -458,7 +463,8 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     if has_loss and threshold is not None:
         cooling = t - c["last_spike"] <= warmup
         if (c["loss_count"] > warmup and t > warmup and not cooling
-                and loss > c["loss_mean"] + threshold * math.sqrt(c["loss_var"])):
+                and loss > c["loss_mean"] + max(threshold * math.sqrt(c["loss_var"]),
+                                                LOSS_SPIKE_MIN_RISE * abs(c["loss_mean"]))):
             d *= LOSS_SPIKE_BACKOFF
             c["loss_spikes"] += 1
             c["last_spike"] = t
