@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -357,32 +356,69 @@ def run_id(spec: RunSpec, chash: str) -> str:
 # environment and records
 
 
+# distribution names of the packages whose versions a comparison records
+_VERSIONED = (
+    "hf-adaopt",
+    "torch",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "scipy",
+    "prodigyopt",
+    "dadaptation",
+    "schedulefree",
+    "dog-optimizer",
+)
+
+
+def _git_revision() -> str | None:
+    """`<short hash>[+dirty]` of the hf_adaopt source checkout, when it is one (AdaOpt changes between commits)."""
+    import subprocess
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(src, ".git")):
+        return None
+    try:
+        rev = subprocess.run(
+            ["git", "-C", src, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", src, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
 def environment() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in (
-        "hf_adaopt",
-        "torch",
-        "transformers",
-        "accelerate",
-        "datasets",
-        "numpy",
-        "scipy",
-        "prodigyopt",
-        "dadaptation",
-        "schedulefree",
-        "dog",
-    ):
-        try:
-            mod = importlib.import_module(name)
-            versions[name] = getattr(mod, "__version__", "installed")
-        except ImportError:
-            continue
+    """Versions (of the installed distributions), device and platform, for the report."""
+    from importlib import metadata
+
     import torch
 
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    revision = _git_revision()
+    if revision:
+        versions["hf-adaopt git"] = revision
     if torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     else:
-        device = f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        cpu = platform.processor() or platform.machine()
+        device = f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     return {"versions": versions, "device": device, "platform": platform.platform()}
 
 
