@@ -539,7 +539,7 @@ def summary_table(result: dict) -> str:
         "train s",
         f"steps→{_pct(result['threshold']['value'], 1)}%",
         "lr CV",
-        "Δacc vs AdaOpt (pts)",
+        "acc − AdaOpt (pts)",
         "p Welch (Holm)",
     ]
     rows = []
