@@ -14,7 +14,8 @@ Recommended ``TrainingArguments``:
   decaying schedule decays AdaOpt's adapted step on top of its own annealing. The Trainer's default is
   ``"linear"``; ``optimizers=(opt, None)`` and ``optimizer_cls_and_kwargs=`` both get that default
   unless ``lr_scheduler_type`` says otherwise (``create_optimizer_and_scheduler`` returns a constant one).
-* ``max_grad_norm``: see the README (Trainer section) for the measured effect of the default 1.0 clipping.
+* ``max_grad_norm``: the Trainer's default 1.0 or 0 (off). On the digits task (3 lrs x 3 seeds) clipping at
+  1.0 moved the final accuracy by less than the seed spread (README, Trainer section): AdaOpt does not need it.
 * ``learning_rate``: AdaOpt's initial step size, a first guess (AdaOpt's own default is 1e-3; the
   TrainingArguments default is 5e-5).
 """
