@@ -49,6 +49,23 @@ TRAJECTORY_FILE = "lr_trajectory.json"
 _ADAOPT_TRAJECTORY_KEYS = ("variance_factor", "landscape_factor", "base_scale")
 
 
+def step_size(group: dict) -> float:
+    """The step size a param group applies: ``lr`` times the scale a learning-rate-free optimizer adapted.
+
+    Prodigy and D-Adaptation keep their estimate in ``group["d"]`` (``lr`` is a multiplier), DoG in
+    ``group["eta"]`` (one tensor per parameter: the first one is recorded; reading it is a host sync,
+    which DoG's own step already pays), Schedule-Free its warmed-up lr in ``group["scheduled_lr"]``.
+    """
+    lr = float(group["lr"])
+    if "d" in group:
+        return lr * float(group["d"])
+    if group.get("eta"):
+        return lr * float(group["eta"][0])
+    if "scheduled_lr" in group:
+        return float(group["scheduled_lr"])
+    return lr
+
+
 def unwrap_optimizer(optimizer: Any) -> Any:
     """The optimizer inside accelerate's ``AcceleratedOptimizer`` (and similar wrappers that keep ``.optimizer``)."""
     for _ in range(8):  # wrappers nest at most a couple of levels; the bound only guards against cycles
@@ -76,7 +93,7 @@ def _calling_handler() -> CallbackHandler | None:
 
 
 class LRTrajectoryCallback(TrainerCallback, ExportableState):
-    """Records ``optimizer.param_groups[0]["lr"]`` at every optimizer step, for any optimizer.
+    """Records the step size of ``optimizer.param_groups[0]`` (see `step_size`) at every optimizer step.
 
     ``.trajectory`` is ``{"step": [...], "lr": [...]}``; ``step`` is the ``global_step`` the optimizer step
     completes (1-based). On ``on_train_end`` the main process writes it, plus ``"optimizer"`` (class name),
@@ -127,7 +144,7 @@ class LRTrajectoryCallback(TrainerCallback, ExportableState):
 
     def _record(self, step: int, optimizer) -> None:
         self.trajectory["step"].append(step)
-        self.trajectory["lr"].append(float(optimizer.param_groups[0]["lr"]))
+        self.trajectory["lr"].append(step_size(optimizer.param_groups[0]))
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
