@@ -224,6 +224,15 @@ def test_doc_stride_must_be_smaller_than_the_window(tmp_path, tiny_bert):
         squad.prepare(args, TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none"))
 
 
+def test_qa_trainer_refuses_settings_that_split_the_logits(tmp_path, tiny_bert):
+    from transformers import AutoModelForQuestionAnswering
+
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", batch_eval_metrics=True)
+    with pytest.raises(ValueError, match="batch_eval_metrics"):
+        squad.QuestionAnsweringTrainer(model=model, args=args)
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 

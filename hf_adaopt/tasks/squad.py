@@ -199,6 +199,13 @@ class QuestionAnsweringTrainer(Trainer):
 
     def __init__(self, *args, eval_examples=None, post_process_function=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The post-processing needs every window's logits as one array per start/end.
+        if self.args.batch_eval_metrics or not self.args.eval_do_concat_batches:
+            raise ValueError(
+                f"{type(self).__name__} needs batch_eval_metrics=False and eval_do_concat_batches=True (got "
+                f"{self.args.batch_eval_metrics} and {self.args.eval_do_concat_batches}): answers are extracted "
+                "from all windows of a question at once."
+            )
         self.eval_examples = eval_examples
         self.post_process_function = post_process_function
 
