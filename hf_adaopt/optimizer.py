@@ -285,7 +285,7 @@ class AdaOpt(Optimizer):
 
         # 1. every scalar that sets the step, on the device, stacked
         stats = stats_fn(tensors)
-        values, sharded = _read_scalars(stats, tensors, pending)  # the one host sync (and all_reduce)
+        values = _read_scalars(stats, tensors, pending)  # the one host sync (and all_reduce)
         # 2. host: skip, or move the controller and compute the per-tensor step sizes
         plan = _plan_step(self.param_groups, tensors, values, has_loss=pending is not None)
         if plan is None:
@@ -387,7 +387,7 @@ def _bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, flo
     return 1.0 - beta1**step, 1.0 - beta2**step
 
 
-def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> tuple[list[float], list[bool]]:
+def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> list[float]:
     """Reduce the stacked statistics across ranks (one all_reduce) and bring them to the host (one sync).
 
     Layout of ``stats``: NUM_STATS rows (grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq) x n tensors,
@@ -399,17 +399,16 @@ def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> 
     loss_t = torch.zeros((), dtype=stats.dtype, device=stats.device) if loss is None else (
         torch.as_tensor(loss, dtype=stats.dtype).to(stats.device))
     vec = torch.cat([stats.reshape(-1), loss_t.reshape(1)])
-    sharded = [_is_sharded(p) for p in tensors["params"]]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         world = torch.distributed.get_world_size()
         if world > 1:
+            sharded = [_is_sharded(p) for p in tensors["params"]]
             torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.SUM)
             divisor = torch.tensor([1.0 if s else float(world) for s in sharded] * NUM_STATS + [float(world)],
                                    dtype=vec.dtype, device=vec.device)
             vec = vec / divisor
     values = vec.tolist()  # this is the step's single CPU-GPU sync point
-    assert len(values) == NUM_STATS * n + 1
-    return values, sharded
+    return values
 
 
 def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_loss: bool) -> dict | None:
