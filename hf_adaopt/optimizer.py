@@ -21,8 +21,9 @@ The step of every tensor :math:`i` is
   signal :math:`S=\|E g\|^2` and the noise :math:`N=\operatorname{tr}\Sigma` of the mini-batch gradient read
   from the same two EMAs (McCandlish et al. 2018: the useful step shrinks as :math:`1/(1+N/S)`). A secant
   measured with noisy gradients is itself noisy, so the exponent above is scaled by :math:`\rho_t`: the
-  step adapts fast while the gradient carries signal and stops drifting at the noise floor. Per tensor,
-  :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step towards tensors with more signal.
+  step adapts fast while the gradient carries signal and stops drifting at the noise floor. Optionally
+  (``variance_power`` p > 0, off by default), :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step
+  towards tensors with more signal.
 * Guards. A **trust bound** keeps the RMS step of the weight matrices below 1% of their RMS (LARS/LAMB's
   trust ratio as one global number): it protects the first steps from a far too large initial lr, before
   the secant has anything to measure. A **loss guard** halves :math:`d` when the training loss -- given by
@@ -114,7 +115,10 @@ class AdaOpt(Optimizer):
         weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
         adapt_rate: exponent kappa of the landscape factor; how fast the base scale follows the measured
             curvature. Larger adapts faster and is noisier. This is the knob to turn, not ``lr``.
-        variance_power: exponent p of the per-tensor gate; 0 gives every tensor the same step size.
+        variance_power: exponent p of the per-tensor gate. Default 0: every tensor the same step size. On
+            digits (5 seeds, initial lr 1e-5 / 1e-3 / 1e-1) p = 0.5 ended at 96.7 / 96.2 / 96.3% accuracy and
+            p = 0 at 96.2 / 97.3 / 96.7% -- no gain from the gate there; try 0.5 where tensors differ widely
+            in how noisy their gradients are.
         min_variance_factor: floor of the signal share S/(S+N), so that a noise-dominated tensor still
             moves and the base scale still adapts at the noise floor.
         warmup_steps: steps during which the step size is held at ``lr`` and the gate open, while the EMAs
@@ -137,7 +141,7 @@ class AdaOpt(Optimizer):
         weight_decay: float = 0.0,
         *,
         adapt_rate: float = 0.1,
-        variance_power: float = 0.5,
+        variance_power: float = 0.0,
         min_variance_factor: float = 0.1,
         warmup_steps: int | None = None,
         loss_spike_threshold: float | None = 4.0,

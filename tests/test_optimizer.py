@@ -101,7 +101,7 @@ def _parity_setup(foreach):
         {"params": [model.big.bias, model.small.bias, model.unused.bias, *model.frozen.parameters()],
          "weight_decay": 0.0, "lr": 2e-3},
     ]
-    opt = AdaOpt(groups, lr=1e-3, foreach=foreach, warmup_steps=3)
+    opt = AdaOpt(groups, lr=1e-3, foreach=foreach, warmup_steps=3, variance_power=0.5)  # every factor on
     return model, empty, opt
 
 
