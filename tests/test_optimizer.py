@@ -418,3 +418,19 @@ def test_subsample_is_a_fixed_sixteenth_of_large_tensors():
     assert sub[0, :3].tolist() == [0.0, 1.0, 2.0] and sub[1, 0].item() == 256.0
     small = torch.arange(100.0)
     assert torch.equal(adaopt_module._subsample(small), small)
+
+
+def test_import_needs_torch_only():
+    """`import hf_adaopt` and a step work when transformers, accelerate, datasets and the Hub are absent."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('transformers', 'accelerate', 'datasets', 'huggingface_hub', 'evaluate'): sys.modules[m] = None\n"
+        "import torch, hf_adaopt\n"
+        "p = torch.nn.Parameter(torch.ones(3)); opt = hf_adaopt.AdaOpt([p]); p.grad = torch.ones(3); opt.step()\n"
+        "print(opt.diagnostics()['effective_lr'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip()) == 1e-3
