@@ -405,7 +405,6 @@ def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> 
     Replicated tensors (DDP) hold the same value on every rank and are averaged; shards (FSDP2 DTensors)
     hold partial sums and are summed; the loss is a per-rank value and is averaged.
     """
-    n = len(tensors["params"])
     loss_t = torch.zeros((), dtype=stats.dtype, device=stats.device) if loss is None else (
         torch.as_tensor(loss, dtype=stats.dtype).to(stats.device))
     vec = torch.cat([stats.reshape(-1), loss_t.reshape(1)])

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from torch import nn
 
 from hf_adaopt import AdaOpt
-
-sklearn = pytest.importorskip("sklearn.datasets")
 
 EPOCHS = 10
 TOLERANCE = 0.02
@@ -21,7 +20,7 @@ TOLERANCE = 0.02
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = sklearn.load_digits(return_X_y=True)
+    x, y = load_digits(return_X_y=True)
     x = torch.tensor(x / 16.0, dtype=torch.float32)
     y = torch.tensor(y)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))

@@ -110,7 +110,7 @@ def _parity_run(foreach, steps=25):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(128, 96, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (128,), generator=g)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, 128, (16,), generator=g)
         out = model["small"](torch.tanh(model["big"](x[idx])))
         out = model["frozen"](out) + 0.0 * empty.sum()
