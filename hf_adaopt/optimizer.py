@@ -633,8 +633,8 @@ def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
     else:
         # Low-precision parameters: the update is computed in the state's precision, then rounded once.
         updates = torch._foreach_div(m, denom)
-        for p, upd, s in zip(params, updates, neg_steps):
-            p.add_(upd.mul_(s).to(p.dtype))
+        torch._foreach_mul_(updates, neg_steps)
+        torch._foreach_add_(params, updates)
 
     # The direction actually taken (weighted like the step) on the subsample, and a = g_t . u_t.
     new_dirs = torch._foreach_div(tensors["m_subs"], [_subsample(x) for x in denom])
