@@ -8,23 +8,13 @@ import json
 import numpy as np
 import pytest
 import text_task_fixtures as fixtures
+from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import AutoTokenizer, TrainingArguments
 
 from hf_adaopt.tasks import imdb
 from hf_adaopt.tasks.base import TaskArguments
 
 CORE_OPTIMIZERS = ["adaopt", "sgd", "adam", "rmsprop"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: extra threads only spin, and slow the suite badly on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import text_task_fixtures as fixtures
+from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import TrainingArguments
 
 from hf_adaopt.tasks import squad
@@ -16,16 +17,6 @@ from hf_adaopt.tasks.squad_metric import exact_match_score, f1_score, normalize_
 MAX_SEQ_LENGTH = 64
 DOC_STRIDE = 16
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: extra threads only spin, and slow the suite badly on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # ----------------------------------------------------------------------------------------------- metric
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.image_fixtures import write_image_dataset
+from fixtures.net import free_port
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import TrainingArguments
 
@@ -26,11 +26,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def training_args(tmp_path):
     return TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, disable_tqdm=True)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -79,7 +74,7 @@ def test_local_files_need_both_splits_and_a_known_format(tmp_path):
 
 
 def test_unreachable_hub_fails_fast_naming_the_offline_options(monkeypatch):
-    port = _free_port()  # nothing listens there: connection refused
+    port = free_port()  # nothing listens there: connection refused
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.monotonic()
     with pytest.raises(DataUnavailableError) as info:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 from fixtures.image_fixtures import write_image_dataset
+from fixtures.net import free_port
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
 from hf_adaopt import run
@@ -174,18 +174,13 @@ def test_push_to_hub_hands_the_finished_run_to_hub_push_run(tmp_path, monkeypatc
     assert calls[0][0] == "me/adaopt-digits"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_process_cpu_ddp_run_of_train_script(tmp_path):
     out_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
          TRAIN_SCRIPT, "--task", "digits", "--optimizer", "adaopt", "--max_steps", "6", "--max_train_samples", "256",
          "--output_dir", str(out_dir), *QUIET],
         env=env, capture_output=True, text=True, timeout=300,
