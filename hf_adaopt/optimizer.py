@@ -16,7 +16,7 @@ The step of every tensor :math:`i` is
   times the one taken, :math:`r = b/a`: :math:`r \approx 1` (flat: far too small a step) grows :math:`d`,
   :math:`r < 0` (overshoot) shrinks it. So :math:`\mu_t = (1/(1-\bar r))^{\kappa\,\rho_t}` with :math:`\bar r`
   the ratio of EMAs of :math:`b` and :math:`a`, clamped so that one step changes :math:`d` by at most
-  :math:`2^{\kappa}` up and :math:`4^{-\kappa}` down.
+  :math:`4^{\kappa}` either way (growing at full rate, shrinking at :math:`\kappa\rho_t`, see below).
 * :math:`\rho_t` -- **variance factor**: the share of the gradient that is signal, :math:`S/(S+N)`, with the
   signal :math:`S=\|E g\|^2` and the noise :math:`N=\operatorname{tr}\Sigma` of the mini-batch gradient read
   from the same two EMAs (McCandlish et al. 2018: the useful step shrinks as :math:`1/(1+N/S)`). A secant
@@ -64,8 +64,7 @@ SUBSAMPLE_PERIOD = 256
 SMALL_TENSOR = 4096
 
 # The secant ratio r is clamped to [SECANT_R_MIN, SECANT_R_MAX]: one step changes the base scale by at most
-# a factor 2**adapt_rate up (r = 1/2) and 4**-adapt_rate down (r = -3). Shrinking is allowed to be faster
-# than growing because overshooting costs more than undershooting.
+# a factor 4**adapt_rate up (r = 3/4) or down (r = -3); from lr 1e-5, 1e-3 is ~35 steps away.
 SECANT_R_MAX = 0.75
 SECANT_R_MIN = -3.0
 # The base scale never leaves this band, whatever the statistics say.
@@ -89,7 +88,6 @@ LOSS_SPIKE_MIN_RISE = 0.1
 LOSS_SPIKE_BACKOFF = 0.5
 
 NUM_STATS = 7
-_GROUP_DIAGNOSTICS = ("effective_lr", "variance_factor", "landscape_factor", "base_scale")
 _CONTROLLER_DEFAULTS = {
     "base_scale": None,  # d; None until the first step, then the group's initial lr
     "landscape_factor": 1.0,  # last mu
