@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, train, print the evaluation dict in the Trainer's format (main process only)."""
     try:
         task_args, opt_args, training_args = parse_args(argv)
+    except ValueError as exc:  # a bad command line: say what and how to fix it, like argparse (exit 2)
+        print(f"hf-adaopt train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = run_training(task_args, opt_args, training_args)
     except DataUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)

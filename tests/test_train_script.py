@@ -216,3 +216,19 @@ def test_accelerate_configs_load(name, distributed_type, mixed_precision):
         assert config.fsdp_config["fsdp_version"] == 2
     if name == "cpu_2proc":  # multi-process launcher; ACCELERATE_USE_CPU=1 keeps it on the CPU
         assert config.num_processes == 2 and not config.use_cpu
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "foo"], "Unknown --task 'foo'; choose one of digits, mnist, cifar10, imdb, squad."),
+        (["--task", "digits", "--optimizer", "foo"], "Unknown --optimizer 'foo'; choose one of adaopt"),
+    ],
+)
+def test_bad_command_line_exits_2_with_the_message_not_a_traceback(argv, message, capsys):
+    from hf_adaopt.run import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-adaopt train: error: ") and message in err
+    assert "Traceback" not in err
