@@ -121,7 +121,14 @@ def parse_args(argv: list[str] | None = None):
         for token in (f"--{name}", str(value))
     ]
     parser = HfArgumentParser((TaskArguments, OptimizerArguments, TrainingArguments))
-    return tuple(parser.parse_args_into_dataclasses(args=defaults + argv))
+    parsed = tuple(parser.parse_args_into_dataclasses(args=defaults + argv))
+    training_args = parsed[2]
+    if training_args.push_to_hub and training_args.hub_model_id:
+        # A repo id the Hub would refuse is caught before hours of training, not after.
+        from hf_adaopt.hub import validate_repo_id
+
+        validate_repo_id(training_args.hub_model_id)
+    return parsed
 
 
 class OptimizerFactory:

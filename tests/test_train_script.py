@@ -232,3 +232,12 @@ def test_bad_command_line_exits_2_with_the_message_not_a_traceback(argv, message
     err = capsys.readouterr().err
     assert err.startswith("hf-adaopt train: error: ") and message in err
     assert "Traceback" not in err
+
+
+def test_invalid_hub_model_id_is_refused_before_training(tmp_path, capsys):
+    from hf_adaopt.run import main
+
+    argv = ["--task", "digits", "--output_dir", str(tmp_path / "run"), "--push_to_hub", "--hub_model_id", "user/bad--name"]
+    assert main(argv) == 2
+    assert "invalid repo id 'user/bad--name'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "eval_results.json").exists()  # nothing trained, nothing to lose
