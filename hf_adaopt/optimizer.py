@@ -6,9 +6,10 @@ The step of every tensor :math:`i` is
     \Delta\theta_i = -\,s_t\, d_t \left(\phi_i \frac{\hat m_i}{\sqrt{\hat v_i} + \epsilon} + \lambda\,\theta_i\right)
 
 * :math:`\hat m, \hat v` -- Adam's bias-corrected EMAs of the gradient and of its square (Kingma & Ba, 2015).
-* :math:`s_t` -- the group's ``lr`` divided by the ``lr`` it was created with: a scheduler's multiplier.
+* :math:`s_t` -- the group's ``lr`` divided by the **reference lr**, the largest ``lr`` the groups were created
+  with: per-group lrs keep their ratios, and a scheduler's changes to ``lr`` act as a multiplier.
 * :math:`d_t` -- **base scale**, one scalar for the optimizer; ``effective_lr`` is :math:`s_t d_t`. It starts at
-  the user's ``lr`` and is multiplied every step by the **landscape factor** :math:`\mu_t`, a secant estimate
+  the reference lr and is multiplied every step by the **landscape factor** :math:`\mu_t`, a secant estimate
   of the curvature along the update (hypergradient descent, Baydin et al. 2018, in a scale-free
   multiplicative form). With :math:`u_{t-1}` the previous step's direction, compare the directional
   derivative before the step, :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it,
@@ -89,7 +90,8 @@ LOSS_SPIKE_BACKOFF = 0.5
 
 NUM_STATS = 7
 _CONTROLLER_DEFAULTS = {
-    "base_scale": None,  # d; None until the first step, then the group's initial lr
+    "base_scale": None,  # d; None until the first step, then reference_lr
+    "reference_lr": None,  # the largest lr the groups were created with, fixed at the first step
     "landscape_factor": 1.0,  # last mu
     "variance_factor": 1.0,  # numel-weighted mean signal fraction S / (S + N) of the last step
     "effective_lr": None,  # s * d of the last step
@@ -114,6 +116,9 @@ class AdaOpt(Optimizer):
         lr: initial step size. It is a first guess that matters only logarithmically -- the base scale
             moves away from it within tens of steps -- and a multiplier afterwards: a scheduler that halves
             ``group["lr"]`` halves the step, ``lr=0`` freezes the group. Default 1e-3.
+            Per-group lrs keep their ratios: the base scale starts at the largest lr among the groups (the
+            reference lr, fixed at the first step) and a group steps ``base_scale * lr / reference_lr``. A
+            group added after the first step is read against the same reference lr.
         betas: EMA factors of the gradient and its square, as in Adam.
         eps: added to the denominator, as in Adam.
         weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
@@ -251,7 +256,7 @@ class AdaOpt(Optimizer):
             "effective_lr": group["effective_lr"] if group["effective_lr"] is not None else group["lr"],
             "variance_factor": group["variance_factor"],
             "landscape_factor": group["landscape_factor"],
-            "base_scale": d if d is not None else group["base_lr"],
+            "base_scale": d if d is not None else max(g["base_lr"] for g in self.param_groups),
             "skipped_steps": group["skipped_steps"],
             "loss_spikes": group["loss_spikes"],
         }
@@ -437,8 +442,10 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
 
     # The controller is one set of scalars for the whole optimizer; every group holds a copy.
     c = {k: g0[k] for k in _CONTROLLER_DEFAULTS}
+    if c["reference_lr"] is None:  # first step (or a checkpoint from before reference_lr existed)
+        c["reference_lr"] = max(g["base_lr"] for g in groups)
     if c["base_scale"] is None:
-        c["base_scale"] = g0["base_lr"]
+        c["base_scale"] = c["reference_lr"]
     c["meta_step"] += 1
     t = c["meta_step"]
 
@@ -525,14 +532,14 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     step_sizes, decays, dir_weights = [], [], []
     for i in range(n):
         group = groups[tensors["group_index"][i]]
-        s = group["lr"] / group["base_lr"] if group["base_lr"] > 0.0 else 0.0
+        s = group["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 0.0
         step_sizes.append(s * d * phis[i])
         decays.append(s * d * group["weight_decay"])
         dir_weights.append(s * phis[i])
     c["variance_factor"] = signal_fraction
     for group in groups:
         group.update(c)
-        s = group["lr"] / group["base_lr"] if group["base_lr"] > 0.0 else 0.0
+        s = group["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 0.0
         group["effective_lr"] = s * d  # the gate's numel-weighted mean is 1
     return {"step_sizes": step_sizes, "decays": decays, "dir_weights": dir_weights,
             "eps": [groups[gi]["eps"] for gi in tensors["group_index"]]}
