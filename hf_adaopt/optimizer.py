@@ -156,10 +156,7 @@ class AdaOpt(Optimizer):
         loss_spike_threshold: float | None = 4.0,
         foreach: bool | None = None,
     ):
-        if isinstance(lr, Tensor):
-            raise TypeError(f"lr must be a Python float, got a Tensor: {lr!r}")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        _check_lr(lr)
         if not 0.0 <= betas[0] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
@@ -197,11 +194,18 @@ class AdaOpt(Optimizer):
 
     # ----------------------------------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; what AdaOpt cannot honour is refused before the group is added.
+
+        Refused: complex parameters, a Tensor, negative or non-finite ``lr``, and a value of an optimizer-wide
+        setting (``OPTIMIZER_WIDE``, ``betas[0]``) other than the optimizer's. A group added after the first
+        step joins the controller's current state and steps ``base_scale * lr / reference_lr`` against the
+        reference lr fixed at the first step, so its ratio to the other groups' lrs is kept.
+        """
+        if isinstance(param_group, dict):  # anything else: the base class raises its TypeError
+            _check_group(param_group, self.defaults)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-        # The lr the group was created with: later values of group["lr"] are read relative to it.
+        # The lr the group was created with: the reference lr is the largest of these at the first step.
         group.setdefault("base_lr", group["lr"])
         # The controller is shared by all groups; a group added later joins its current state.
         source = self.param_groups[0] if len(self.param_groups) > 1 else {}
@@ -367,6 +371,44 @@ class AdaOpt(Optimizer):
                 out["v_subs"].append(views[4])
                 out["p_subs"].append(views[5] if views[5].dtype == m.dtype else views[5].to(m.dtype))
         return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# What AdaOpt refuses up front
+# ---------------------------------------------------------------------------------------------------
+# Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
+OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "foreach")
+
+
+def _check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor):
+        raise ValueError(f"lr as a Tensor is not supported by AdaOpt (got {lr!r}): the step size is set on the "
+                         "host every step; pass a Python float")
+    if not 0.0 <= lr < math.inf:  # also refuses nan
+        raise ValueError(f"Invalid learning rate: {lr} (expected a finite lr >= 0)")
+
+
+def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Raise on a param group AdaOpt cannot honour, before the base class adds it."""
+    if "params" in group and not isinstance(group["params"], (Tensor, set)):
+        group["params"] = list(group["params"])  # a generator would be used up by this check
+    params = group.get("params", [])
+    for p in [params] if isinstance(params, Tensor) else params:
+        p = p[1] if isinstance(p, tuple) else p  # (name, tensor) pairs
+        if isinstance(p, Tensor) and p.is_complex():
+            raise ValueError(
+                f"AdaOpt does not support complex parameters (got dtype {p.dtype}, shape {tuple(p.shape)}); "
+                "keep the parameter real with torch.view_as_real (a trailing dimension of 2) and rebuild it "
+                "with torch.view_as_complex in forward"
+            )
+    _check_lr(group.get("lr", defaults["lr"]))
+    for key in OPTIMIZER_WIDE:
+        if key in group and group[key] != defaults[key]:
+            raise ValueError(f"{key}={group[key]!r} in a param group: {key} is optimizer-wide (AdaOpt reads "
+                             f"it once for all groups, here {defaults[key]!r}); set it in AdaOpt(...) only")
+    if "betas" in group and group["betas"][0] != defaults["betas"][0]:
+        raise ValueError(f"betas[0]={group['betas'][0]!r} in a param group: betas[0] is optimizer-wide (the "
+                         f"controller's EMAs use it, here {defaults['betas'][0]!r}); set it in AdaOpt(...) only")
 
 
 # ---------------------------------------------------------------------------------------------------
