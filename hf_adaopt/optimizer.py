@@ -266,18 +266,38 @@ class AdaOpt(Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch casts floating state to the parameter's dtype; AdaOpt keeps fp32 state for bf16/fp16
-        # parameters, so put the saved full-precision values back after the base class is done.
-        saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
-        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for pid, p in zip(saved_ids, params):
-            if pid not in saved_state or p not in self.state:
-                continue
-            for key, value in saved_state[pid].items():
-                if isinstance(value, Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
+        """Load the state as torch does, hooks included; another optimizer's or model's state is refused.
+
+        The base class casts floating state to the parameter's dtype, and AdaOpt keeps fp32 state for
+        bf16/fp16 parameters. The cast (``Optimizer._process_value_according_to_param_policy``) is called by
+        class name, so a subclass cannot override it; instead two hooks live for this call only: a pre-hook
+        that runs after the user's checks the dict the base class will load, and a post-hook that runs
+        before the user's puts that dict's full-precision values back.
+        """
+        loaded: dict[str, Any] = {}
+
+        def check(optimizer: Optimizer, sd: dict[str, Any]) -> None:
+            _check_state_dict(self.param_groups, sd, self.defaults)
+            loaded["state_dict"] = sd
+
+        def keep_full_precision(optimizer: Optimizer) -> None:
+            sd = loaded["state_dict"]
+            saved_ids = [pid for g in sd["param_groups"] for pid in g["params"]]
+            params = [p for g in self.param_groups for p in g["params"]]
+            for pid, p in zip(saved_ids, params):
+                if _state_dtype(p) == p.dtype or pid not in sd["state"] or p not in self.state:
+                    continue
+                for key, value in sd["state"][pid].items():
+                    if isinstance(value, Tensor) and value.is_floating_point():
+                        self.state[p][key] = value.to(device=p.device, dtype=_state_dtype(p), copy=True)
+
+        pre = self.register_load_state_dict_pre_hook(check)  # appended: after the user's pre-hooks
+        post = self.register_load_state_dict_post_hook(keep_full_precision, prepend=True)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            pre.remove()
+            post.remove()
 
     # ------------------------------------------------------------------------------------------ step
     @torch.no_grad()
@@ -378,6 +398,8 @@ class AdaOpt(Optimizer):
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "foreach")
+# What every parameter's state holds once it has stepped.
+STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 
 
 def _check_lr(lr: Any) -> None:
@@ -386,6 +408,38 @@ def _check_lr(lr: Any) -> None:
                          "host every step; pass a Python float")
     if not 0.0 <= lr < math.inf:  # also refuses nan
         raise ValueError(f"Invalid learning rate: {lr} (expected a finite lr >= 0)")
+
+
+def _check_state_dict(groups: list[dict], state_dict: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Raise on a state dict of another optimizer or another model, naming the group or parameter."""
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(groups) or any(len(a["params"]) != len(b["params"])
+                                               for a, b in zip(saved_groups, groups)):
+        return  # the base class refuses it with its own message
+    # Every AdaOpt version saved all of its settings ("foreach" excepted: filled in by __setstate__).
+    for i, saved in enumerate(saved_groups):
+        missing = [k for k in defaults if k != "foreach" and k not in saved]
+        if missing:
+            raise ValueError(f"loaded param group {i} lacks {missing}: not a state dict of AdaOpt "
+                             f"(the group has {sorted(k for k in saved if k != 'params')})")
+    params = [p for g in groups for p in g["params"]]
+    saved_ids = [pid for g in saved_groups for pid in g["params"]]
+    for index, (pid, p) in enumerate(zip(saved_ids, params)):
+        state = state_dict["state"].get(pid)
+        if not state:
+            continue
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"loaded state of parameter {index} lacks {missing}: not a state dict of AdaOpt "
+                             f"(the state has {sorted(state)})")
+        # The state lives on the local shard (FSDP2); a resharded checkpoint may hold the full shape.
+        local, full = _local(p), torch.empty(p.shape, device="meta")
+        for key, views in (("exp_avg", (local, full)), ("exp_avg_sq", (local, full)),
+                           ("direction", (_subsample(local.detach()), _subsample(full)))):
+            shape = tuple(getattr(state[key], "shape", ()))
+            if shape not in [tuple(v.shape) for v in views]:
+                raise ValueError(f"loaded state of parameter {index} (shape {tuple(p.shape)}) has {key} of shape "
+                                 f"{shape}, expected {tuple(views[0].shape)}: the state dict is from another model")
 
 
 def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
