@@ -27,12 +27,13 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_adaopt import report as report_mod
@@ -524,29 +525,100 @@ def make_record(
     }
 
 
-def append_record(path: str, record: dict) -> None:
-    """Append one JSON line and make it durable (flush + fsync); a file lock keeps shards' lines whole."""
-    line = json.dumps(record, allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        try:
-            import fcntl
+@contextlib.contextmanager
+def _locked(fd: int):
+    """An exclusive flock on fd while the block runs: shards append to one results.jsonl."""
+    try:
+        import fcntl
 
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        except (ImportError, OSError):  # no flock (Windows, some network filesystems): single writer assumed
-            fcntl = None
-        try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):  # no flock (Windows, some network filesystems): single writer assumed
+        fcntl = None
+    try:
+        yield
+    finally:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _cut_partial_line(fd: int) -> bytes:
+    """Truncate what follows the last newline of the file (a line whose write was killed); return those bytes."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:  # backwards in blocks: results.jsonl lines are ~100 KB, the file can be large
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end == size:
+        return b""
+    tail = os.pread(fd, size - end, end)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    return tail
+
+
+def describe_partial_line(tail: bytes) -> str:
+    """What a cut-off results line held, for the warning: its run_id when the cut came after it."""
+    found = re.search(rb'"run_id": "([^"]+)"', tail)
+    what = f"run {found.group(1).decode(errors='replace')}" if found else "a run whose id was not yet written"
+    return f"{len(tail)} bytes of {what}"
+
+
+def repair_results(path: str) -> str | None:
+    """Cut a partial last line (a kill during its write) off results.jsonl; None, or what was dropped.
+
+    Every line that ends in a newline is whole (append_record writes each in one write), so the cut loses only the
+    interrupted run, which is then missing from the file and runs again.
+    """
+    if not os.path.isfile(path):
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with _locked(fd):  # a shard that is writing holds the lock: its line is not cut
+            tail = _cut_partial_line(fd)
+    finally:
+        os.close(fd)
+    if not tail:
+        return None
+    dropped = describe_partial_line(tail)
+    logger.warning(
+        "%s ended in a partial line (a write interrupted by a kill): dropped %s; that run will run again",
+        path,
+        dropped,
+    )
+    return dropped
+
+
+def append_record(path: str, record: dict) -> None:
+    """Append one run's JSON line so that a kill at any byte leaves only whole lines and at most one partial last line.
+
+    The line goes out in one write on an O_APPEND descriptor and is fsynced before the next run starts; under the
+    lock a partial line left by a killed writer is cut off first, so the new line never continues it.
+    """
+    data = (json.dumps(record, allow_nan=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        with _locked(fd):
+            tail = _cut_partial_line(fd)
+            if tail:
+                logger.warning("%s: dropped a partial last line (%s) before appending", path, describe_partial_line(tail))
+            written = os.write(fd, data)
+            while written < len(data):  # a short write happens on a full disk only; the next append cuts it off
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def finished_run_ids(output_dir: str) -> set[str]:
+    """The run_ids in results.jsonl, after cutting off a partial last line (that run is not finished)."""
     path = os.path.join(output_dir, report_mod.RESULTS_FILE)
     if not os.path.isfile(path):
         return set()
+    repair_results(path)
     return {r["run_id"] for r in report_mod.load_results(output_dir)}
 
 
@@ -555,17 +627,29 @@ def finished_run_ids(output_dir: str) -> set[str]:
 
 
 def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
-    """Resume by default; refuse a directory made with another configuration unless overwrite is set."""
+    """Resume by default; refuse a directory made with another configuration unless overwrite is set.
+
+    Everything that would stop the comparison later is checked here, before the first run: the directory must be
+    writable, results.jsonl readable (a partial last line is cut off, see repair_results) and compare_config.json
+    valid; ValueError names the file and the fix.
+    """
+    from hf_adaopt.run import ensure_writable_dir
+
+    ensure_writable_dir(output_dir)
     if overwrite:
         for name in ARTEFACTS:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(output_dir, name))
         shutil.rmtree(os.path.join(output_dir, RUNS_SUBDIR), ignore_errors=True)
-    os.makedirs(os.path.join(output_dir, RUNS_SUBDIR), exist_ok=True)
+    ensure_writable_dir(os.path.join(output_dir, RUNS_SUBDIR))
     existing = report_mod.load_config(output_dir)
     old = existing.get("config_hash")
-    if old is None and os.path.isfile(os.path.join(output_dir, report_mod.RESULTS_FILE)):
-        old = next(iter({r.get("config_hash") for r in report_mod.load_results(output_dir)} - {None}), None)
+    results = os.path.join(output_dir, report_mod.RESULTS_FILE)
+    if os.path.isfile(results):
+        repair_results(results)
+        runs = report_mod.load_results(output_dir)
+        if old is None:
+            old = next(iter({r.get("config_hash") for r in runs} - {None}), None)
     if old is not None and old != chash:
         raise ValueError(
             f"{output_dir} holds a comparison made with another run configuration (config hash {old}, this "
@@ -620,6 +704,86 @@ def _quiet_libraries() -> None:
         import transformers
 
         transformers.logging.set_verbosity_warning()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the runner (compare and suite)
+
+
+@dataclass
+class Job:
+    """One run to execute: its grid cell, id, configuration hash and `hf-adaopt train` argv.
+
+    `argv`'s `--output_dir` is the run's directory; `extra` is merged into its results line (the suite adds its
+    workload name)."""
+
+    spec: RunSpec
+    rid: str
+    chash: str
+    argv: list[str]
+    extra: dict = field(default_factory=dict)
+
+
+def _run_dir_of(argv: Sequence[str]) -> str:
+    """The value of the last --output_dir of an argv (the run's directory)."""
+    return argv[max(i for i, a in enumerate(argv) if a == "--output_dir") + 1]
+
+
+def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, threshold: float | None = None,
+             console=sys.stderr, desc: str = "runs") -> int:
+    """Train `jobs` one after the other in this process, appending each record to results.jsonl as it ends.
+
+    Returns 0, or 1 after the first failed run (its traceback goes to the run's run.log; finished runs are kept).
+    """
+    from tqdm.auto import tqdm
+
+    from hf_adaopt import run as run_mod
+
+    results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
+    with tqdm(total=len(jobs), desc=desc, unit="run", file=console, dynamic_ncols=True) as bar:
+        for job in jobs:
+            spec, rid = job.spec, job.rid
+            run_dir = _run_dir_of(job.argv)
+            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier attempt that did not finish
+            os.makedirs(run_dir)
+            t_args, o_args, tr_args = run_mod.parse_args(job.argv)
+            where = job.extra.get("workload", "")
+            bar.set_postfix_str(
+                f"{where} {spec.optimizer} seed {spec.seed}".strip() + ("" if spec.lr is None else f" lr {spec.lr:g}")
+            )
+            log_path = os.path.join(run_dir, "run.log")
+            start = time.perf_counter()
+            try:
+                with _run_output_to(log_path) as log:
+                    print("hf-adaopt train " + shlex.join(job.argv), file=log, flush=True)
+                    result = run_mod.run_training(t_args, o_args, tr_args)
+            except Exception as e:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    import traceback
+
+                    traceback.print_exc(file=log)
+                bar.close()
+                print(
+                    f"run {rid} failed: {type(e).__name__}: {e}\nThe traceback is in {log_path}. Finished runs are "
+                    "kept in results.jsonl; rerun the same command to resume.",
+                    file=console,
+                )
+                return 1
+            elapsed = time.perf_counter() - start
+            record = make_record(
+                spec, rid, job.chash, result, tr_args, recorded_config(t_args, o_args, tr_args), elapsed, env,
+                command, job.argv, run_dir, threshold,
+            )
+            record.update(job.extra)
+            append_record(results_path, record)
+            acc = record["eval"].get("eval_accuracy")
+            bar.set_postfix_str(
+                f"last: {where} {spec.optimizer} seed {spec.seed} acc {acc:.4f}".replace("  ", " ")
+                if acc is not None
+                else f"last: {rid}"
+            )
+            bar.update(1)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -742,60 +906,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    from tqdm.auto import tqdm
-
     results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
-    with tqdm(total=len(plans), desc="runs", unit="run", file=console, dynamic_ncols=True) as bar:
-        for spec, rid, chash in plans:
-            run_dir = os.path.join(output_dir, RUNS_SUBDIR, rid)
-            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier attempt that did not finish
-            os.makedirs(run_dir)
-            spec_argv = run_argv(spec, passthrough, run_dir, epochs)
-            t_args, o_args, tr_args = run_mod.parse_args(spec_argv)
-            bar.set_postfix_str(
-                f"{spec.optimizer} seed {spec.seed}" + ("" if spec.lr is None else f" lr {spec.lr:g}")
-            )
-            log_path = os.path.join(run_dir, "run.log")
-            start = time.perf_counter()
-            try:
-                with _run_output_to(log_path) as log:
-                    print("hf-adaopt train " + shlex.join(spec_argv), file=log, flush=True)
-                    result = run_mod.run_training(t_args, o_args, tr_args)
-            except Exception as e:
-                with open(log_path, "a", encoding="utf-8") as log:
-                    import traceback
-
-                    traceback.print_exc(file=log)
-                bar.close()
-                print(
-                    f"run {rid} failed: {type(e).__name__}: {e}\nThe traceback is in {log_path}. Finished runs are "
-                    "kept in results.jsonl; rerun the same command to resume.",
-                    file=console,
-                )
-                return 1
-            elapsed = time.perf_counter() - start
-            record = make_record(
-                spec,
-                rid,
-                chash,
-                result,
-                tr_args,
-                recorded_config(t_args, o_args, tr_args),
-                elapsed,
-                env,
-                command,
-                spec_argv,
-                run_dir,
-                args.threshold,
-            )
-            append_record(results_path, record)
-            acc = record["eval"].get("eval_accuracy")
-            bar.set_postfix_str(
-                f"last: {spec.optimizer} seed {spec.seed} acc {acc:.4f}"
-                if acc is not None
-                else f"last: {rid}"
-            )
-            bar.update(1)
+    jobs = [Job(spec, rid, chash, run_argv(spec, passthrough, os.path.join(output_dir, RUNS_SUBDIR, rid), epochs))
+            for spec, rid, chash in plans]
+    if run_jobs(jobs, output_dir, env, command, threshold=args.threshold, console=console) != 0:
+        return 1
 
     result = report_mod.build_report(output_dir, args.threshold, args.threshold_fraction)
     status = 0

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hf_adaopt.tasks import offline_data
+
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedModel
@@ -27,7 +29,9 @@ _FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "par
 class TaskArguments:
     """Which task to train and where its data comes from (parsed together with `TrainingArguments`)."""
 
-    task: str = field(default="digits", metadata={"help": "digits | mnist | cifar10 | imdb | squad"})
+    task: str = field(
+        default="digits", metadata={"help": "digits | mnist | cifar10 | imdb | squad | charlm | textcls"}
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "Hub dataset id; default per task (ylecun/mnist, uoft-cs/cifar10, stanfordnlp/imdb, "
@@ -54,6 +58,9 @@ class TaskArguments:
     augment: bool = field(default=False, metadata={"help": "cifar10: random affine + flip augmentation."})
     max_seq_length: int | None = field(default=None, metadata={"help": "imdb default 256, squad 384."})
     doc_stride: int = field(default=128, metadata={"help": "squad: overlap between context windows."})
+    lora_r: int | None = field(
+        default=None, metadata={"help": "textcls: train a LoRA adapter of this rank (peft) instead of every weight."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub datasets and models."})
 
 
@@ -73,6 +80,14 @@ class TaskSetup:
 
 class DataUnavailableError(RuntimeError):
     """A Hub dataset (or model) could not be reached; the message lists the offline options."""
+
+
+class DataFileError(ValueError):
+    """Local data that cannot be used (unreadable, empty, wrong columns or labels); the message names it and the fix."""
+
+
+class MissingDataFileError(DataFileError, FileNotFoundError):
+    """--train_file / --validation_file names no file."""
 
 
 def offline_options() -> str:
@@ -163,11 +178,60 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def _builder_for(path: str) -> str:
     ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
     if ext not in _FILE_BUILDERS:
-        raise ValueError(
+        raise DataFileError(
             f"Unsupported data file {path!r}: the extension must be one of {sorted(_FILE_BUILDERS)} "
             "(csv, json/jsonl or parquet in the Hub dataset's schema)."
         )
     return _FILE_BUILDERS[ext]
+
+
+def check_data_files(task_args: TaskArguments) -> str:
+    """The `datasets` builder for --train_file/--validation_file, after checking that both are given, exist and
+    share a known format (cheap: run before any work, and again when loading)."""
+    if not (task_args.train_file and task_args.validation_file):
+        raise DataFileError(
+            "Pass both --train_file and --validation_file (got "
+            f"train_file={task_args.train_file!r}, validation_file={task_args.validation_file!r})."
+        )
+    for option, path in (("--train_file", task_args.train_file), ("--validation_file", task_args.validation_file)):
+        if not os.path.isfile(path):
+            raise MissingDataFileError(f"{option} {path!r} does not exist (or is not a file).")
+    builders = {_builder_for(task_args.train_file), _builder_for(task_args.validation_file)}
+    if len(builders) != 1:
+        raise DataFileError(
+            f"--train_file {task_args.train_file!r} and --validation_file {task_args.validation_file!r} must "
+            "have the same format."
+        )
+    return builders.pop()
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _unreadable_files_error(task_args: TaskArguments, builder: str, exc: BaseException) -> DataFileError:
+    """Which of the local files could not be read, and why (called only after loading them failed)."""
+    import tempfile
+
+    import datasets
+
+    files = (("--train_file", task_args.train_file), ("--validation_file", task_args.validation_file))
+    fix = f"Pass {builder} files in the Hub dataset's schema (the columns the task names in its docstring)."
+    for option, path in files:
+        if os.path.getsize(path) == 0:
+            return DataFileError(f"{option} {path!r} is empty. {fix}")
+    for option, path in files:  # one at a time, to name the file
+        try:
+            with tempfile.TemporaryDirectory() as cache:
+                datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache)
+        except Exception as inner:
+            return DataFileError(f"{option} {path!r} could not be read as {builder} ({_root_cause(inner)}). {fix}")
+    return DataFileError(
+        f"--train_file {task_args.train_file!r} and --validation_file {task_args.validation_file!r} could not be read "
+        f"together ({_root_cause(exc)}): both need the same columns and types. {fix}"
+    )
 
 
 def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwargs) -> datasets.DatasetDict:
@@ -181,26 +245,15 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
     import datasets
 
     if task_args.train_file or task_args.validation_file:
-        if not (task_args.train_file and task_args.validation_file):
-            raise ValueError(
-                "Pass both --train_file and --validation_file (got "
-                f"train_file={task_args.train_file!r}, validation_file={task_args.validation_file!r})."
-            )
-        for path in (task_args.train_file, task_args.validation_file):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"Data file {path!r} does not exist.")
-        builders = {_builder_for(task_args.train_file), _builder_for(task_args.validation_file)}
-        if len(builders) != 1:
-            raise ValueError(
-                f"--train_file {task_args.train_file!r} and --validation_file {task_args.validation_file!r} must "
-                "have the same format."
-            )
-        raw = datasets.load_dataset(
-            builders.pop(),
-            data_files={"train": task_args.train_file, "validation": task_args.validation_file},
-            cache_dir=task_args.cache_dir,
-            **load_kwargs,
-        )
+        builder = check_data_files(task_args)
+        data_files = {"train": task_args.train_file, "validation": task_args.validation_file}
+        try:
+            raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=task_args.cache_dir, **load_kwargs)
+        except Exception as exc:  # pyarrow, csv and datasets errors all mean: the files cannot be read as given
+            raise _unreadable_files_error(task_args, builder, exc) from exc
+    elif offline_data.is_offline_dataset(task_args.dataset_name or default_dataset):
+        # real data shipped by an installed package (hf_adaopt.tasks.offline_data): no Hub, fixed splits
+        raw = offline_data.load(task_args.dataset_name or default_dataset)
     else:
         name = task_args.dataset_name or default_dataset
         if name is None:
