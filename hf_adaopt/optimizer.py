@@ -277,7 +277,7 @@ class AdaOpt(Optimizer):
         loaded: dict[str, Any] = {}
 
         def check(optimizer: Optimizer, sd: dict[str, Any]) -> None:
-            _check_state_dict(self.param_groups, sd, self.defaults)
+            _check_state_dict(self.param_groups, sd)
             loaded["state_dict"] = sd
 
         def keep_full_precision(optimizer: Optimizer) -> None:
@@ -400,6 +400,8 @@ class AdaOpt(Optimizer):
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "foreach")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
+# The settings only AdaOpt has; every AdaOpt version saved them in each param group.
+GROUP_KEYS = ("adapt_rate", "variance_power", "min_variance_factor", "warmup_steps", "loss_spike_threshold")
 
 
 def _check_lr(lr: Any) -> None:
@@ -410,15 +412,14 @@ def _check_lr(lr: Any) -> None:
         raise ValueError(f"Invalid learning rate: {lr} (expected a finite lr >= 0)")
 
 
-def _check_state_dict(groups: list[dict], state_dict: dict[str, Any], defaults: dict[str, Any]) -> None:
+def _check_state_dict(groups: list[dict], state_dict: dict[str, Any]) -> None:
     """Raise on a state dict of another optimizer or another model, naming the group or parameter."""
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(groups) or any(len(a["params"]) != len(b["params"])
                                                for a, b in zip(saved_groups, groups)):
         return  # the base class refuses it with its own message
-    # Every AdaOpt version saved all of its settings ("foreach" excepted: filled in by __setstate__).
     for i, saved in enumerate(saved_groups):
-        missing = [k for k in defaults if k != "foreach" and k not in saved]
+        missing = [k for k in GROUP_KEYS if k not in saved]
         if missing:
             raise ValueError(f"loaded param group {i} lacks {missing}: not a state dict of AdaOpt "
                              f"(the group has {sorted(k for k in saved if k != 'params')})")
