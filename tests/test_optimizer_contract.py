@@ -121,6 +121,17 @@ def test_state_dict_of_a_fresh_optimizer_loads(make):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_the_same_optimizer_loads_a_state_dict_twice(make):
+    """As on a second resume (torch's __setstate__ adds keys to ``defaults`` on the first load)."""
+    model = _model()
+    opt = make(model.parameters())
+    _train(model, opt, steps=2)
+    saved = _round_trip(opt.state_dict())
+    opt.load_state_dict(saved)
+    opt.load_state_dict(saved)
+    _assert_same(_round_trip(opt.state_dict()), saved)
+
+
 def test_deepcopy_steps_like_the_original_and_shares_nothing(make):
     model = _model()
     opt = make(model.parameters())
