@@ -16,6 +16,7 @@ opt = build_optimizer("sgd", model.parameters(), lr=1e-3)   # or param groups (h
 | `dadapt`       | `dadaptation.DAdaptAdam`            | a multiplier of the estimated step size D; 1.0 recommended |
 | `schedulefree` | `schedulefree.AdamWScheduleFree`    | the learning rate (needs `optimizer.train()/eval()`, which Trainer calls) |
 | `dog`          | `dog.DoG`                           | a multiplier of DoG's step size; 1.0 recommended (the authors pair DoG with iterate averaging, not used here) |
+| `ppsf`         | `prodigyplus.ProdigyPlusScheduleFree` | a multiplier of Prodigy's D, schedule-free averaging (needs `train()/eval()`); 1.0 recommended; its own default betas (0.9, 0.99) |
 
 For the learning-rate-free peers (prodigy, dadapt, dog) the initial step size is set by `d0` (prodigy,
 dadapt) or `reps_rel` / `init_eta` (dog), which pass through `**kw`; `DEFAULT_LR` holds the `lr` a run uses
@@ -30,7 +31,7 @@ from collections.abc import Iterable
 
 import torch
 
-OPTIMIZERS = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog")
+OPTIMIZERS = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog", "ppsf")
 CORE_OPTIMIZERS = ("adaopt", "sgd", "adam", "rmsprop")
 SGD_MOMENTUM = 0.9
 
@@ -40,9 +41,10 @@ _PEERS = {
     "dadapt": ("dadaptation", "DAdaptAdam"),
     "schedulefree": ("schedulefree", "AdamWScheduleFree"),
     "dog": ("dog", "DoG"),
+    "ppsf": ("prodigyplus", "ProdigyPlusScheduleFree"),
 }
 # peers whose `lr` multiplies a step size they estimate themselves
-LR_FREE = ("prodigy", "dadapt", "dog")
+LR_FREE = ("prodigy", "dadapt", "dog", "ppsf")
 DEFAULT_LR = {name: (1.0 if name in LR_FREE else 1e-3) for name in OPTIMIZERS}
 
 
@@ -103,6 +105,8 @@ def build_optimizer(
         return cls(params_or_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
     if name == "schedulefree":
         return cls(params_or_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
+    if name == "ppsf":  # its documented defaults, betas (0.9, 0.99) included, unless given in **kw
+        return cls(params_or_groups, lr=lr, eps=eps, weight_decay=weight_decay, **kw)
     # dog: SGD-like, no betas
     return cls(params_or_groups, lr=lr, eps=eps, weight_decay=weight_decay, **kw)
 

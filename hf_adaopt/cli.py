@@ -1,4 +1,4 @@
-"""The `hf-adaopt` command: `train`, `compare`, `report` and `push` subcommands.
+"""The `hf-adaopt` command: `train`, `compare`, `suite`, `report` and `push` subcommands.
 
 Each subcommand is a module's `main(argv)`; this file only dispatches, so that `hf-adaopt compare --help`
 shows the subcommand's own arguments.
@@ -12,7 +12,8 @@ import sys
 COMMANDS = {
     "train": ("hf_adaopt.run", "train one task with one optimizer (like training_scripts/train.py)"),
     "compare": ("hf_adaopt.compare", "multi-seed comparison of optimizers, with statistics and plots"),
-    "report": ("hf_adaopt.report", "rebuild report.md, results.json and plots from a comparison directory"),
+    "suite": ("hf_adaopt.suite", "the robustness suite: workloads x optimizers x initial lrs, offline"),
+    "report": ("hf_adaopt.report", "rebuild report.md, results.json and plots from a comparison or suite directory"),
     "push": ("hf_adaopt.hub", "publish a run or a comparison to the Hugging Face Hub with its card"),
 }
 

