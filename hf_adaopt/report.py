@@ -61,15 +61,20 @@ PLOT_FILES = {
 def load_results(output_dir: str) -> list[dict]:
     """The runs in `<output_dir>/results.jsonl`, one per run_id (the last line wins), in file order.
 
-    A truncated last line (a run killed while writing) is skipped with a warning; other invalid lines raise.
+    A partial last line (a run killed while writing it) is skipped with a warning; other invalid lines raise
+    ValueError naming the file, the line and the fix.
     """
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist: `hf-adaopt report` needs a directory written by `hf-adaopt compare`"
         )
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc}): not a file written by `hf-adaopt compare`") from None
+    lines = text.splitlines()
     runs: dict[str, dict] = {}
     for i, line in enumerate(lines):
         if not line.strip():
@@ -77,20 +82,43 @@ def load_results(output_dir: str) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                logger.warning("skipping a truncated last line in %s (interrupted write)", path)
+            if i == len(lines) - 1 and not text.endswith("\n"):  # still being written, or its writer was killed
+                logger.warning(
+                    "%s: skipping a partial last line (%d characters, an interrupted write); `hf-adaopt compare` with "
+                    "the same arguments cuts it off and runs that run again",
+                    path,
+                    len(line),
+                )
                 continue
-            raise ValueError(f"{path}, line {i + 1}: not valid JSON; remove or repair that line") from None
+            raise ValueError(
+                f"{path}, line {i + 1}: not valid JSON; delete that line (its run then runs again on the next "
+                "`hf-adaopt compare`) or repair it"
+            ) from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("run_id"), str):
+            raise ValueError(
+                f"{path}, line {i + 1}: not a run record of hf-adaopt compare (no \"run_id\"); delete that line, or "
+                "point to a directory written by hf-adaopt compare"
+            )
         runs[rec["run_id"]] = rec
     return list(runs.values())
 
 
 def load_config(output_dir: str) -> dict:
+    """compare_config.json of a comparison ({} when there is none)."""
     path = os.path.join(output_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); delete it (`hf-adaopt compare` writes it again, the runs in "
+            "results.jsonl are kept) or pass --overwrite_output_dir to start over"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object; delete it (`hf-adaopt compare` writes it again)")
+    return config
 
 
 def _order_key(name: str) -> tuple[int, str]:
@@ -857,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="hf-adaopt report",
         description="Rebuild report.md, results.json and the plots of a comparison from its results.jsonl.",
     )
-    parser.add_argument("output_dir", help="a directory written by `hf-adaopt compare`")
+    parser.add_argument("output_dir", help="a directory written by `hf-adaopt compare` or `hf-adaopt suite`")
     parser.add_argument(
         "--threshold",
         type=float,
@@ -878,6 +906,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    from hf_adaopt.suite import CONFIG_FILE as SUITE_CONFIG
+
+    if os.path.isfile(os.path.join(args.output_dir, SUITE_CONFIG)):  # a `hf-adaopt suite` directory
+        from hf_adaopt import suite_report
+
+        return suite_report.main([args.output_dir])
     try:
         result = build_report(
             args.output_dir,
