@@ -235,9 +235,21 @@ def _float_list(text: str, option: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
-        raise ValueError(f"{option} needs positive learning rates, got {text!r}")
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise ValueError(f"{option} needs finite learning rates > 0, e.g. 1e-4,1e-3; got {text!r}")
     return sorted(set(values))
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"--seed_list must be comma-separated integers, e.g. 0,1,2,42; got {text!r}") from None
+    if not seeds:
+        raise ValueError(f"--seed_list needs at least one seed, e.g. 0,1,2; got {text!r}")
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise ValueError(f"--seed_list: seeds must lie in [0, 2**32) (numpy's seed range); got {text!r}")
+    return seeds
 
 
 def resolve_optimizers(text: str) -> list[str]:
@@ -807,23 +819,88 @@ def _main_tasks(argv: list[str], tasks: list[str], output_dir: str | None, parse
     """One comparison per task, each in its own directory (<output_dir>/<task>, default out/compare-<task>)."""
     if "--push_to_hub" in argv:
         parser.error("--push_to_hub takes one --task at a time (one results repo per task)")
-    status = 0
+    subs = []
     for task in tasks:
         sub = _without_option(_without_option(argv, "--task"), "--output_dir") + ["--task", task]
         if output_dir is not None:
             sub += ["--output_dir", os.path.join(output_dir, task)]
-        status = main(sub) or status
+        subs.append(sub)
+    for sub in subs:  # every task's arguments are checked before the first run of the first task
+        _main(sub, check_only=True)
+    status = 0
+    for sub in subs:
+        status = _main(sub) or status
     return status
 
 
+def _check_push_target(args) -> None:
+    if not args.push_to_hub:
+        return
+    if not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id 'namespace/name'")
+    try:
+        from hf_adaopt import hub
+
+        hub.check_push_target(args.hub_model_id, args.hub_token)
+    except ImportError as e:
+        raise ValueError(f"--push_to_hub needs the hub extra: pip install 'hf-adaopt[hub]' ({e})") from None
+    except hub.HubPushError as e:
+        raise ValueError(f"--push_to_hub: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"--hub_model_id: {e}") from None
+
+
+def check_run_arguments(task: str, optimizers, lrs, passthrough, epochs, output_dir) -> tuple:
+    """Parse the argv of every distinct run (each optimizer at each lr) as its run will, so that an option `hf-adaopt
+    train` refuses (a typo, a bad value, --optimizer_kwargs an optimizer rejects, a missing data file) stops the
+    comparison before its first run. Returns the parse of the probe run (AdaOpt, seed 0, default lr), whose
+    configuration every run shares."""
+    from hf_adaopt import run as run_mod
+
+    probe_dir = os.path.join(output_dir, "probe")
+    for optimizer in optimizers:
+        for lr in lrs:
+            try:
+                run_mod.parse_args(run_argv(RunSpec(task, optimizer, 0, lr), passthrough, probe_dir, epochs))
+            except run_mod.UnknownArgumentsError as e:
+                raise ValueError(
+                    f"{e.describe(build_parser())} `hf-adaopt compare --help` lists compare's own options; the "
+                    "others go to every run and must be `hf-adaopt train` options"
+                ) from None
+            except ValueError as e:
+                raise ValueError(f"{e} (in the {optimizer} runs{'' if lr is None else f' at lr {lr:g}'})") from None
+    return run_mod.parse_args(run_argv(RunSpec(task, "adaopt", 0, None), passthrough, probe_dir, epochs))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`hf-adaopt compare`; Ctrl-C stops it with exit status 130 and says how to resume (no traceback)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(
+            "\nhf-adaopt compare: interrupted — rerun the same command to resume (finished runs are kept in "
+            "results.jsonl; the interrupted run starts again)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
+    from hf_adaopt.tasks import TASK_NAMES
+
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown or not tasks:
+        parser.error(f"--task {args.task!r}: unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
     if len(tasks) > 1:
         return _main_tasks(argv, tasks, args.output_dir, parser)
     console = sys.stderr
+    task = args.task.strip()
+    output_dir = args.output_dir or os.path.join("out", f"compare-{task}")
+    epochs = args.num_train_epochs
     try:
         for opt in _PER_RUN_OPTIONS:
             if any(a == opt or a.startswith(opt + "=") for a in passthrough):
@@ -831,12 +908,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{opt} is set per run by compare; use --seeds/--seed_list, --optimizers, --output_dir, "
                     "--push_to_hub/--hub_model_id of `hf-adaopt compare` instead"
                 )
-        if args.push_to_hub and not args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id 'namespace/name'")
         shard_index, shard_count = parse_shard(args.shard)
         optimizers = resolve_optimizers(args.optimizers)
         if args.seed_list is not None:
-            seeds = sorted({int(x) for x in args.seed_list.split(",") if x.strip()})
+            seeds = _seed_list(args.seed_list)
         else:
             n = DEFAULT_SEEDS if args.seeds is None else args.seeds
             if n < 1:
@@ -850,26 +925,25 @@ def main(argv: list[str] | None = None) -> int:
             lrs = [None]
         if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
             raise ValueError(f"--threshold is an eval accuracy in (0, 1], got {args.threshold}")
+        if not 0.0 < args.threshold_fraction <= 1.0:
+            raise ValueError(
+                f"--threshold_fraction is a fraction of the best mean accuracy in (0, 1], e.g. 0.95; got "
+                f"{args.threshold_fraction}"
+            )
+        _check_push_target(args)
+        passthrough = task_defaults(task, passthrough, epochs) + passthrough
+        p_task, p_opt, p_train = check_run_arguments(task, optimizers, lrs, passthrough, epochs, output_dir)
+        shared_hash = config_hash(canonical_config(p_task, p_opt, p_train))
+        prepare_output_dir(output_dir, shared_hash, args.overwrite_output_dir and not check_only)
     except ValueError as e:
         parser.error(str(e))
+    if check_only:
+        return 0
 
     from hf_adaopt import run as run_mod
 
     _quiet_libraries()
-    task = args.task
-    output_dir = args.output_dir or os.path.join("out", f"compare-{task}")
-    epochs = args.num_train_epochs
-    passthrough = task_defaults(task, passthrough, epochs) + passthrough
     command = "hf-adaopt compare " + shlex.join(argv)
-
-    # The configuration every run shares, from a probe parse of a run's argv (AdaOpt, seed 0).
-    probe = run_argv(RunSpec(task, "adaopt", 0, None), passthrough, os.path.join(output_dir, "probe"), epochs)
-    p_task, p_opt, p_train = run_mod.parse_args(probe)
-    shared_hash = config_hash(canonical_config(p_task, p_opt, p_train))
-    try:
-        prepare_output_dir(output_dir, shared_hash, args.overwrite_output_dir)
-    except ValueError as e:
-        parser.error(str(e))
     env = environment()
     write_config(
         output_dir,

@@ -560,6 +560,33 @@ def validate_repo_id(repo_id: str) -> None:
         raise ValueError(f"invalid repo id {repo_id!r}: {REPO_ID_HELP}")
 
 
+def _offline_variable() -> str | None:
+    """The variable that puts huggingface_hub offline (it reads TRANSFORMERS_OFFLINE too), if one is set."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def check_push_target(repo_id: str, token: str | None = None, token_option: str = "--hub_token") -> None:
+    """What a push needs that can be checked without the network, for commands that push after hours of work.
+
+    ValueError for an invalid repo id; HubPushError when offline mode is on or no token is found.
+    """
+    validate_repo_id(repo_id)
+    offline = _offline_variable()
+    if offline:
+        raise HubPushError(
+            f"{offline} is set (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), which blocks every Hub request, so the "
+            "push at the end would fail: unset it, or drop --push_to_hub and push later with `hf-adaopt push`"
+        )
+    if not token:
+        from huggingface_hub import get_token
+
+        if not get_token():  # HF_TOKEN, then the `hf auth login` cache
+            raise HubPushError(f"no Hugging Face token found: {TOKEN_HELP.replace('--token', token_option)}")
+
+
 def _stage(output_dir: Path, kind: str, repo_id: str, staging: Path, secrets: tuple[str, ...]) -> tuple[list[str], Any]:
     """Copy the files to upload into `staging` and write the card there as README.md.
 

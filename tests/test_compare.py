@@ -242,6 +242,7 @@ def test_push_to_hub_runs_after_every_local_file(tmp_path, monkeypatch):
         seen.update(repo_id=repo_id, files=sorted(os.listdir(output_dir)))
 
     monkeypatch.setattr(hf_adaopt.hub, "push_comparison", fake_push)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # the push target is checked before the first run
     out = tmp_path / "p"
     args = [
         "--optimizers",

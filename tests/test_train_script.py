@@ -162,6 +162,7 @@ def test_push_to_hub_hands_the_finished_run_to_hub_push_run(tmp_path, monkeypatc
         calls.append((repo_id, kwargs, sorted(os.listdir(output_dir))))
 
     monkeypatch.setattr(hf_adaopt.hub, "push_run", fake_push_run)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # the push target is checked before training
     out_dir = tmp_path / "digits-run"
     assert run.main(["--push_to_hub", "--max_steps", "2", "--max_train_samples", "64",
                      "--output_dir", str(out_dir), *QUIET]) == 0

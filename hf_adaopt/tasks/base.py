@@ -218,19 +218,21 @@ def _unreadable_files_error(task_args: TaskArguments, builder: str, exc: BaseExc
     import datasets
 
     files = (("--train_file", task_args.train_file), ("--validation_file", task_args.validation_file))
-    fix = f"Pass {builder} files in the Hub dataset's schema (the columns the task names in its docstring)."
+    fix = f"Pass {builder} files in the Hub dataset's schema (README: each task's columns, under Offline)."
     for option, path in files:
         if os.path.getsize(path) == 0:
             return DataFileError(f"{option} {path!r} is empty. {fix}")
+    columns = []
     for option, path in files:  # one at a time, to name the file
         try:
             with tempfile.TemporaryDirectory() as cache:
-                datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache)
+                columns.append(datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache)["train"].column_names)
         except Exception as inner:
             return DataFileError(f"{option} {path!r} could not be read as {builder} ({_root_cause(inner)}). {fix}")
     return DataFileError(
-        f"--train_file {task_args.train_file!r} and --validation_file {task_args.validation_file!r} could not be read "
-        f"together ({_root_cause(exc)}): both need the same columns and types. {fix}"
+        f"--train_file {task_args.train_file!r} (columns {columns[0]}) and --validation_file "
+        f"{task_args.validation_file!r} (columns {columns[1]}) could not be read together ({_root_cause(exc)}): both "
+        f"need the same columns and types. {fix}"
     )
 
 

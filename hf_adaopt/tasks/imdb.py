@@ -202,6 +202,24 @@ def _label_names(raw) -> list[str] | None:
     return list(feature.names) if hasattr(feature, "names") else None
 
 
+def _check_rows(dataset, split: str, num_labels: int) -> None:
+    """Every row has a text and a label in [0, num_labels): a label outside it would silently add classes (or
+    crash the loss), a missing value (a truncated csv row) would fail inside the tokenizer."""
+    columns = {"text": list(dataset["text"]), "label": list(dataset["label"])}
+    for name, values in columns.items():
+        if None in values:
+            raise ValueError(
+                f"The {split} data, row {values.index(None) + 1}: missing {name} (a truncated or incomplete file?); "
+                "every row needs text and label."
+            )
+    for i, label in enumerate(columns["label"]):
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_labels:
+            raise ValueError(
+                f"The {split} data, row {i + 1}: label {label!r} is not one of 0..{num_labels - 1} "
+                "(imdb: 0 = negative, 1 = positive)."
+            )
+
+
 def compute_metrics(eval_prediction) -> dict[str, float]:
     logits = eval_prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -227,17 +245,13 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
                 f"The {split} data lacks the imdb columns {sorted(missing)} (has {raw[split].column_names}); "
                 "expected text (str) and label (int, 0 = negative, 1 = positive)."
             )
-    raw["train"] = _subset(raw["train"], task_args.max_train_samples)
-    raw["validation"] = _subset(raw["validation"], task_args.max_eval_samples)
-
-    names = _label_names(raw)
-    if names is None:
-        labels = sorted(set(raw["train"]["label"]) | set(raw["validation"]["label"]))
-        if not all(isinstance(label, (int, np.integer)) and label >= 0 for label in labels):
-            raise ValueError(f"imdb labels must be integers >= 0 (0 = negative, 1 = positive), got {labels[:10]}.")
-        names = [str(i) for i in range(max(labels) + 1)] if labels else []
+    names = _label_names(raw) or ["0", "1"]  # plain integer labels: 0 = negative, 1 = positive
     if len(names) < 2:
         raise ValueError(f"imdb needs at least 2 classes in the labels, got {names}.")
+    for split in ("train", "validation"):
+        _check_rows(raw[split], split, len(names))
+    raw["train"] = _subset(raw["train"], task_args.max_train_samples)
+    raw["validation"] = _subset(raw["validation"], task_args.max_eval_samples)
 
     if task_args.tokenizer_name:
         tokenizer = _pretrained_tokenizer(task_args)
