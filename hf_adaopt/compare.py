@@ -745,7 +745,8 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
              console=sys.stderr, desc: str = "runs") -> int:
     """Train `jobs` one after the other in this process, appending each record to results.jsonl as it ends.
 
-    Returns 0, or 1 after the first failed run (its traceback goes to the run's run.log; finished runs are kept).
+    Returns 0, or after the first failed run 2 when its data cannot be used (DataFileError, DataUnavailableError), else
+    1 (its traceback goes to the run's run.log; finished runs are kept).
     """
     from tqdm.auto import tqdm
 
@@ -780,7 +781,7 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
                     "kept in results.jsonl; rerun the same command to resume.",
                     file=console,
                 )
-                return 1
+                return 2 if isinstance(e, (run_mod.DataFileError, run_mod.DataUnavailableError)) else 1  # 2: bad input
             elapsed = time.perf_counter() - start
             record = make_record(
                 spec, rid, job.chash, result, tr_args, recorded_config(t_args, o_args, tr_args), elapsed, env,
@@ -983,8 +984,9 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
     results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
     jobs = [Job(spec, rid, chash, run_argv(spec, passthrough, os.path.join(output_dir, RUNS_SUBDIR, rid), epochs))
             for spec, rid, chash in plans]
-    if run_jobs(jobs, output_dir, env, command, threshold=args.threshold, console=console) != 0:
-        return 1
+    failed = run_jobs(jobs, output_dir, env, command, threshold=args.threshold, console=console)
+    if failed:
+        return failed
 
     result = report_mod.build_report(output_dir, args.threshold, args.threshold_fraction)
     status = 0
