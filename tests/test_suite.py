@@ -1,0 +1,259 @@
+"""`hf-adaopt suite`: the grid, the workloads end to end on a few steps, the analysis, the committed results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hf_adaopt import suite, suite_report
+from hf_adaopt.baselines import available_optimizers
+from hf_adaopt.tasks import offline_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPIC_WORDS = {
+    "computers": "program compiler kernel bug byte server code disk",
+    "politics": "vote senate law party election tax congress power",
+    "science": "atom theory energy experiment physics cell gravity light",
+    "songs-poems": "love song heart night moon dream sing rose",
+}
+
+
+@pytest.fixture
+def fortunes_dir(tmp_path, monkeypatch):
+    """Four fortune files in Debian's format (entries separated by '%' lines), 40 quotations each."""
+    for topic, words in TOPIC_WORDS.items():
+        words = words.split()
+        entries = [" ".join(words[(i + j) % len(words)] for j in range(6 + i % 5)) + f" -- author {i}"
+                   for i in range(40)]
+        (tmp_path / topic).write_text("\n%\n".join(entries) + "\n%\n", encoding="utf-8")
+    monkeypatch.setenv("HF_ADAOPT_FORTUNES_DIR", str(tmp_path))
+    offline_data.clear_cache()
+    yield tmp_path
+    offline_data.clear_cache()
+
+
+def run_cli(*args, env=None, timeout=600):
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hf_adaopt.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO)
+
+
+# ------------------------------------------------------------------------------------------------- grid
+
+
+def test_default_cells_cover_six_decades_for_adaopt_and_half_decades_for_adamw():
+    cells = suite.default_cells(["adaopt", "adamw", "adam", "sgd", "rmsprop", "prodigy", "schedulefree"])
+    ada = [lr for opt, lr in cells if opt == "adaopt"]
+    adamw = [lr for opt, lr in cells if opt == "adamw"]
+    assert ada == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert len(adamw) == 11 and adamw[0] == 1e-6 and adamw[-1] == 1e-1
+    assert all(math.isclose(b / a, 10**0.5, rel_tol=0.01) for a, b in zip(adamw, adamw[1:]))
+    assert ("adam", 1e-3) in cells and ("sgd", 1e-3) in cells and ("rmsprop", 1e-3) in cells
+    assert ("prodigy", None) in cells
+    assert sorted(lr for opt, lr in cells if opt == "schedulefree") == [1e-3, 2.5e-3, 1e-2]
+
+
+def test_lrs_option_replaces_both_sweeps_only():
+    cells = suite.default_cells(["adaopt", "adamw", "adam"], lrs=[1e-4, 1e-2])
+    assert cells == [("adaopt", 1e-4), ("adaopt", 1e-2), ("adamw", 1e-4), ("adamw", 1e-2), ("adam", 1e-3)]
+
+
+def test_grid_has_one_run_per_workload_cell_and_seed_with_unique_ids(tmp_path):
+    grid = suite.build_suite_grid(["digits-mlp", "charlm"], ["adaopt", "adamw"], [0, 1])
+    assert len(grid) == 2 * 2 * (6 + 11)
+    jobs = suite.plan_jobs(grid, str(tmp_path), [])
+    assert len({j.rid for j in jobs}) == len(jobs)
+    assert all(j.rid.startswith(f"{j.extra['workload']}-{j.spec.optimizer}-") for j in jobs)
+    charlm = next(j for j in jobs if j.extra["workload"] == "charlm")
+    assert "--max_steps" in charlm.argv and charlm.extra["metric"] == "bpc"
+
+
+def test_a_change_to_the_optimizer_source_reruns_adaopt_cells_only(tmp_path, monkeypatch):
+    grid = suite.build_suite_grid(["digits-mlp"], ["adaopt", "adamw"], [0], lrs=[1e-3])
+    before = {j.spec.optimizer: j.rid for j in suite.plan_jobs(grid, str(tmp_path), [])}
+    monkeypatch.setattr(suite, "optimizer_source_hash", lambda: "changed0")
+    after = {j.spec.optimizer: j.rid for j in suite.plan_jobs(grid, str(tmp_path), [])}
+    assert before["adamw"] == after["adamw"]
+    assert before["adaopt"] != after["adaopt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workloads", "nosuch"], "--workloads"),
+    (["--lrs", "1e-3,inf"], "--lrs"),
+    (["--seeds", "0"], "--seeds"),
+    (["--optimizers", "adaopt,foo"], "foo"),
+    (["--learning_rate", "1e-3"], "--learning_rate"),
+    (["--num_proc", "0"], "--num_proc"),
+])
+def test_bad_arguments_exit_2_with_the_option_named(args, message, tmp_path):
+    proc = run_cli("suite", "--output_dir", str(tmp_path / "s"), *args, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "s" / "results.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def test_fortunes_are_balanced_topics_with_a_fixed_split(fortunes_dir):
+    data = offline_data.load("debian-fortunes")
+    assert data["train"].features["label"].names == list(offline_data.FORTUNE_TOPICS)
+    assert len(data["train"]) == 4 * 32 and len(data["validation"]) == 4 * 8
+    labels = data["validation"]["label"]
+    assert sorted(set(labels)) == [0, 1, 2, 3] and all(labels.count(k) == 8 for k in range(4))
+    assert data["train"]["text"] == offline_data.load("debian-fortunes")["train"]["text"]
+
+
+def test_missing_fortunes_package_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ADAOPT_FORTUNES_DIR", str(tmp_path / "none"))
+    offline_data.clear_cache()
+    with pytest.raises(FileNotFoundError, match="apt-get install fortunes"):
+        offline_data.load("debian-fortunes")
+    offline_data.clear_cache()
+
+
+def test_pydoc_prose_splits_between_topics():
+    data = offline_data.load("pydoc-topics")
+    train, val = data["train"][0]["text"], data["validation"][0]["text"]
+    assert len(train) > 300_000 and 0.05 < len(val) / (len(train) + len(val)) < 0.15
+    assert train.isascii() and "statement" in train
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_every_workload_runs_end_to_end_and_the_report_holds_its_metric(tmp_path, fortunes_dir):
+    out = tmp_path / "suite"
+    proc = run_cli("suite", "--optimizers", "adamw", "--lrs", "1e-3", "--seeds", "1", "--max_steps", "2",
+                   "--max_eval_samples", "32", "--num_proc", "1", "--output_dir", str(out),
+                   env={"HF_ADAOPT_FORTUNES_DIR": str(fortunes_dir)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["workload"] for r in records) == sorted(suite.WORKLOADS)
+    for r in records:
+        value = suite_report.final_value(r)
+        if r["metric"] == "accuracy":
+            assert 0.0 <= value <= 100.0
+        else:
+            assert 0.0 < value < 9.0  # bits per byte: a uniform guess over 256 bytes is 8
+        assert r["metrics"]["total_steps"] == 2
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["workloads"]) == set(suite.WORKLOADS)
+    report = (out / "report.md").read_text()
+    assert all(f"### {name}" in report for name in suite.WORKLOADS)
+    assert (out / "lr_sensitivity.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_workload_smoke_suite_in_two_processes_resumes_and_rebuilds(tmp_path):
+    out = tmp_path / "smoke"
+    args = ["suite", "--workloads", "digits-mlp,charlm", "--optimizers", "adaopt,adamw", "--lrs", "1e-3,1e-2",
+            "--seeds", "1", "--max_steps", "5", "--max_eval_samples", "64", "--num_proc", "2",
+            "--output_dir", str(out)]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+    assert "| AdaOpt (0.001)" in first.stdout
+    again = run_cli(*args)
+    assert again.returncode == 0 and "8 already finished" in again.stderr and "0 to run" in again.stderr
+    before = (out / "results.json").read_text()
+    rebuilt = run_cli("report", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads((out / "results.json").read_text())["workloads"] == json.loads(before)["workloads"]
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def _record(workload, metric, optimizer, lr, seed, value):
+    ev = {"eval_accuracy": value / 100.0, "eval_loss": 1.0} if metric == "accuracy" else {
+        "eval_loss": value * math.log(2.0)}
+    return {"run_id": f"{workload}-{optimizer}-{lr}-{seed}", "workload": workload, "metric": metric,
+            "optimizer": optimizer, "lr_grid": lr, "seed": seed, "eval": ev,
+            "metrics": {"train_time_s": 1.0, "lr_cv": 0.0},
+            "train_loss_curve": [{"step": 10, "loss": 2.0}, {"step": 20, "loss": value / 100.0}]}
+
+
+def _synthetic():
+    recs = []
+    for seed, noise in ((0, -0.1), (1, 0.1)):
+        acc = {("adamw", 1e-4): 80.0, ("adamw", 1e-3): 90.0, ("adamw", 1e-2): 85.0,
+               ("adaopt", 1e-5): 88.5, ("adaopt", 1e-3): 89.5, ("adaopt", 1e-1): 86.0,
+               ("adam", 1e-3): 90.0, ("prodigy", None): 91.0}
+        recs += [_record("img", "accuracy", o, lr, seed, v + noise) for (o, lr), v in acc.items()]
+        bpc = {("adamw", 1e-4): 3.0, ("adamw", 1e-3): 2.0, ("adaopt", 1e-5): 2.01, ("adaopt", 1e-3): 2.05,
+               ("adam", 1e-3): 2.0, ("prodigy", None): 2.5}
+        recs += [_record("lm", "bpc", o, lr, seed, v + noise / 100) for (o, lr), v in bpc.items()]
+    config = {"workloads": {"img": {"metric": "accuracy"}, "lm": {"metric": "bpc"}},
+              "default_cell": suite.DEFAULT_CELL, "run_ids": [r["run_id"] for r in recs], "seeds": [0, 1]}
+    return config, recs
+
+
+def test_analysis_finds_the_best_adamw_cell_and_adaopts_worst_case():
+    config, recs = _synthetic()
+    result = suite_report.analyze(config, recs)
+    img, lm = result["workloads"]["img"], result["workloads"]["lm"]
+    assert img["best_adamw"]["lr"] == 1e-3 and math.isclose(img["best_adamw"]["mean"], 90.0)
+    assert img["adaopt"]["worst_lr"] == 1e-1 and math.isclose(img["adaopt"]["worst_gap"], -4.0)
+    assert img["adaopt"]["decades_within"] == 1 and img["adaopt"]["n_lrs"] == 3
+    # bits per character: lower is better and the gap is in percent of the best
+    assert lm["best_adamw"]["lr"] == 1e-3
+    assert math.isclose(lm["adaopt"]["worst_gap"], -2.5, rel_tol=1e-6)
+    assert lm["adaopt"]["decades_within"] == 1
+
+
+def test_ranks_at_defaults_and_the_summary_across_workloads():
+    config, recs = _synthetic()
+    result = suite_report.analyze(config, recs)
+    ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["img"]["defaults"]}
+    assert ranks == {"prodigy": 1, "adam": 2, "adamw": 2, "adaopt": 4}
+    lm_ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["lm"]["defaults"]}
+    assert lm_ranks["prodigy"] == 4 and lm_ranks["adam"] == 1
+    assert math.isclose(result["summary"]["prodigy"]["mean_rank"], 2.5)
+    assert math.isclose(result["summary"]["prodigy"]["worst_gap"], -25.0, rel_tol=1e-6)
+    tests = {t["optimizer"]: t for t in result["workloads"]["img"]["tests"]}
+    assert set(tests) == {"adamw", "adam", "prodigy"} and 0.0 <= tests["prodigy"]["welch_p_holm"] <= 1.0
+    table = suite_report.summary_markdown(result)
+    assert "AdaOpt, worst of its initial lrs" in table and "-4.00 (lr 0.1)" in table
+
+
+def test_a_diverged_language_model_counts_as_the_worst_result():
+    config, recs = _synthetic()
+    bad = _record("lm", "bpc", "adaopt", 1e-1, 0, 2.0)
+    bad["eval"]["eval_loss"] = float("nan")
+    recs.append(bad)
+    config["run_ids"].append(bad["run_id"])
+    lm = suite_report.analyze(config, recs)["workloads"]["lm"]
+    assert lm["adaopt"]["worst_lr"] == 1e-1 and lm["adaopt"]["worst_gap"] == -math.inf
+
+
+# ------------------------------------------------------------------------------------ committed results
+
+COMMITTED = os.path.join(REPO, "model_cards", "results", "suite")
+START, END = "<!-- suite-results:start -->", "<!-- suite-results:end -->"
+
+
+def test_readme_results_section_is_the_committed_suite_results():
+    """Every number in the README's suite section is re-rendered from the committed results.json."""
+    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    assert START in readme and END in readme
+    section = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert section == suite_report.readme_section(result).strip()
+
+
+def test_committed_suite_results_cover_the_full_grid():
+    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+    assert set(result["workloads"]) == set(suite.WORKLOADS)
+    assert result["n_runs"] == result["n_planned"]
+    for w in result["workloads"].values():
+        assert w["adaopt"]["n_lrs"] == 6
+        assert sum(c["optimizer"] == "adamw" for c in w["cells"]) == 11
+        assert min(c["n"] for c in w["cells"]) >= 2
+    assert set(available_optimizers()) <= set(result["summary"])
