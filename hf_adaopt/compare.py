@@ -409,8 +409,6 @@ def environment() -> dict:
     """Versions (of the installed distributions), device and platform, for the report."""
     from importlib import metadata
 
-    import torch
-
     versions = {"python": platform.python_version()}
     for dist in _VERSIONED:
         try:
@@ -420,12 +418,18 @@ def environment() -> dict:
     revision = _git_revision()
     if revision:
         versions["hf-adaopt git"] = revision
+    return {"versions": versions, "device": device_description(), "platform": platform.platform()}
+
+
+def device_description() -> str:
+    """The device, with torch's intra-op thread count on CPU: taken again after each run, because a task may set
+    the threads (digits runs with one), so the count before the first run is not what the runs used."""
+    import torch
+
     if torch.cuda.is_available():
-        device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-    else:
-        cpu = platform.processor() or platform.machine()
-        device = f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-    return {"versions": versions, "device": device, "platform": platform.platform()}
+        return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def _downsample(traj: dict, max_points: int = MAX_TRAJECTORY_POINTS) -> dict:
@@ -532,7 +536,7 @@ def make_record(
         "run_dir": os.path.relpath(run_dir),
         "train_command": "hf-adaopt train " + shlex.join(argv),
         "command": command,
-        "environment": {**env["versions"], "device": env["device"]},
+        "environment": {**env["versions"], "device": device_description()},  # the threads this run used
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

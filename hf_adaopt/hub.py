@@ -391,17 +391,15 @@ def _trainer_order(metrics: dict) -> dict:
 
 
 def _usage_snippet(repo_id: str, config: dict, task_type: str) -> str:
-    """How to load the pushed model: hf-adaopt's own architectures through load_model, others through Auto."""
-    if str(config.get("model_type", "")).startswith("hf_adaopt"):
-        return (
-            "from huggingface_hub import snapshot_download\n"
-            "from hf_adaopt.models import load_model\n\n"
-            f"model = load_model(snapshot_download({repo_id!r}))"
-        )
+    """How to load the pushed model with transformers' Auto classes; hf-adaopt's own architectures need
+    `import hf_adaopt.models` first, which registers them (their model_type is not one transformers knows)."""
     auto = {"question-answering": "AutoModelForQuestionAnswering", "text-classification":
             "AutoModelForSequenceClassification", "image-classification": "AutoModelForImageClassification"}
     cls = auto.get(task_type, "AutoModel")
-    return f"from transformers import {cls}\n\nmodel = {cls}.from_pretrained({repo_id!r})"
+    load = f"from transformers import {cls}\n\nmodel = {cls}.from_pretrained({repo_id!r})"
+    if str(config.get("model_type", "")).startswith("hf_adaopt"):
+        return f"import hf_adaopt.models  # pip install hf-adaopt: registers {config['model_type']} with the Auto classes\n{load}"
+    return load
 
 
 def _flat_environment(environment: Any) -> dict:

@@ -2,6 +2,9 @@
 
 Each saves and loads with `save_pretrained` / `from_pretrained` and returns `ImageClassifierOutput` or
 `SequenceClassifierOutput` with `loss` when `labels` are given, so `transformers.Trainer` trains them as is.
+Importing this module registers them with transformers' Auto classes: after `import hf_adaopt.models`,
+`AutoModel.from_pretrained(saved_dir)` (and `AutoModelForImageClassification` / `...ForSequenceClassification`)
+loads them.
 
 - `MLPForImageClassification`: flatten -> 128-128-64 ReLU -> classes (mnist `--model mlp`, digits).
 - `SimpleCNNForImageClassification`: two conv/ReLU/max-pool blocks -> dense 128 -> classes (mnist, digits cnn).
@@ -310,6 +313,28 @@ MODEL_CLASSES = {
         BiLSTMAttentionForSequenceClassification,
     )
 }
+
+
+def _register_auto_classes() -> None:
+    """Make `AutoConfig`, `AutoModel` and the task's `AutoModelFor...` load these models once hf_adaopt.models is
+    imported (a saved config.json names its `model_type`, which transformers alone does not know)."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
+
+    for model_type, cls in MODEL_CLASSES.items():
+        AutoConfig.register(model_type, cls.config_class, exist_ok=True)
+        AutoModel.register(cls.config_class, cls, exist_ok=True)
+        task_auto = (
+            AutoModelForSequenceClassification if cls.main_input_name == "input_ids" else AutoModelForImageClassification
+        )
+        task_auto.register(cls.config_class, cls, exist_ok=True)
+
+
+_register_auto_classes()
 
 
 def load_model(path: str, **kwargs) -> PreTrainedModel:

@@ -374,6 +374,10 @@ def _environment(runs: Sequence[dict], config: dict) -> dict:
     for r in runs:
         for k, v in (r.get("environment") or {}).items():
             env.setdefault(k, v)
+    # the device each run recorded when it ended (with the torch threads it used), not the one before the runs
+    devices = sorted({r["environment"]["device"] for r in runs if (r.get("environment") or {}).get("device")})
+    if devices:
+        env["device"] = "; ".join(devices)
     return env
 
 

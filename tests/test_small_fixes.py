@@ -1,0 +1,73 @@
+"""Issue 10, item 8: what the report, the run files and the model card say is true; the package follows
+transformers' verbosity; declared dependencies are used; plots keep identical curves visible; README commands
+survive the shell."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_adaopt import compare
+from hf_adaopt import run as run_mod
+
+TINY = ["--num_train_epochs", "1", "--max_train_samples", "64", "--max_eval_samples", "64"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """torch with 2 threads and no OMP_NUM_THREADS, as in a fresh shell (digits then sets 1 thread itself)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_report_states_the_torch_threads_the_runs_used(tmp_path, two_threads):
+    out = tmp_path / "c"
+    assert compare.main(["--optimizers", "sgd", "--seeds", "1", "--output_dir", str(out), *TINY]) == 0
+    used = torch.get_num_threads()  # what digits set for its run
+    assert used == 1
+    device = json.loads((out / "results.json").read_text())["environment"]["device"]
+    assert device.endswith("torch threads 1"), device
+    assert "torch threads 1" in (out / "report.md").read_text()
+
+
+def test_run_config_records_the_command_as_typed_and_counts_one_thread(tmp_path, two_threads):
+    out = tmp_path / "run"
+    argv = ["--task", "digits", "--max_steps", "2", "--max_train_samples", "64", "--output_dir", str(out)]
+    assert run_mod.main(argv) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["command"] == "hf-adaopt train " + " ".join(argv)
+    assert "(" in config["device"] and ", 1 thread)" in config["device"], config["device"]
+
+
+def test_an_hf_adaopt_model_loads_with_the_auto_classes(tmp_path):
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    import hf_adaopt.models as models
+
+    mlp = models.MLPForImageClassification(models.MLPConfig(input_dim=64))
+    mlp.save_pretrained(tmp_path / "mlp")
+    lstm = models.BiLSTMAttentionForSequenceClassification(models.BiLSTMAttentionConfig(vocab_size=50))
+    lstm.save_pretrained(tmp_path / "lstm")
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "mlp"), models.MLPForImageClassification)
+    assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path / "mlp"), models.MLPForImageClassification)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lstm")
+    assert isinstance(loaded, models.BiLSTMAttentionForSequenceClassification)
+    assert torch.equal(loaded.state_dict()["classifier.weight"], lstm.state_dict()["classifier.weight"])
+
+
+def test_the_model_card_usage_snippet_runs(tmp_path):
+    """The card says library_name: transformers; its snippet loads the model (a local path stands in for the repo)."""
+    import hf_adaopt.models as models
+    from hf_adaopt.hub import _usage_snippet
+
+    model = models.MLPForImageClassification(models.MLPConfig(input_dim=64))
+    model.save_pretrained(tmp_path / "repo")
+    snippet = _usage_snippet(str(tmp_path / "repo"), model.config.to_dict(), "image-classification")
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own code
+    assert isinstance(scope["model"], models.MLPForImageClassification)
