@@ -27,7 +27,6 @@ What the Trainer (transformers 5.x) does and why the code below is shaped by it:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -37,9 +36,11 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState
 
+from hf_adaopt.logs import get_logger
+
 __all__ = ["AdaOptCallback", "LRTrajectoryCallback", "unwrap_optimizer", "DIAGNOSTIC_KEYS", "LOG_PREFIX"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Keys of ``AdaOpt.diagnostics()`` that `AdaOptCallback` logs, each as ``LOG_PREFIX + key``.
 DIAGNOSTIC_KEYS = ("effective_lr", "variance_factor", "landscape_factor", "base_scale", "skipped_steps", "loss_spikes")

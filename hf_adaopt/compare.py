@@ -38,8 +38,9 @@ from typing import Any
 
 from hf_adaopt import report as report_mod
 from hf_adaopt import stats
+from hf_adaopt.logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # The default grid: the seed experiment's optimizers (AdaOpt, SGD with momentum, Adam, RMSprop), AdamW, and
 # the learning-rate-free peers (prodigy, dadapt, schedulefree, dog) that are installed (`hf-adaopt[peers]`).

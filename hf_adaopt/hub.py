@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
-import logging
 import math
 import os
 import re
@@ -40,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from hf_adaopt.logs import get_logger
+
+logger = get_logger(__name__)
 
 RUN_MARKERS = ("eval_results.json", "run_config.json")
 COMPARISON_MARKERS = ("results.jsonl", "results.json", "report.md")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 from collections import defaultdict
@@ -25,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from hf_adaopt import stats
+from hf_adaopt.logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "compare_config.json"

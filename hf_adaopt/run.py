@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import logging
 import math
 import os
 import platform
@@ -33,10 +32,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_adaopt.baselines import DEFAULT_LR, OPTIMIZERS, build_optimizer
+from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task
 from hf_adaopt.tasks.base import DataFileError, check_data_files
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Logging interval (optimizer steps) when --logging_steps is not given: small enough for a loss curve on
 # digits (45 steps per epoch).

@@ -22,7 +22,6 @@ Recommended ``TrainingArguments``:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -31,11 +30,12 @@ from transformers import TrainingArguments, get_constant_schedule
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
+from hf_adaopt.logs import get_logger
 from hf_adaopt.optimizer import AdaOpt
 
 __all__ = ["create_optimizer_and_scheduler", "adaopt_cls_and_kwargs", "decay_parameter_names", "param_groups"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Trainer.get_decay_parameter_names (transformers 5.x): no weight decay for biases and normalization weights.
 _NO_DECAY_NAME_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]

@@ -71,3 +71,35 @@ def test_the_model_card_usage_snippet_runs(tmp_path):
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102 - the card's own code
     assert isinstance(scope["model"], models.MLPForImageClassification)
+
+
+def package_loggers() -> list[str]:
+    """Every hf_adaopt module that has a module-level `logger`."""
+    import importlib
+    import pkgutil
+
+    import hf_adaopt
+
+    names = [m.name for m in pkgutil.walk_packages(hf_adaopt.__path__, "hf_adaopt.")]
+    return [n for n in names if hasattr(importlib.import_module(n), "logger")]
+
+
+@pytest.mark.parametrize("module", package_loggers())
+def test_transformers_verbosity_reaches_the_package_loggers(module, caplog):
+    import importlib
+    import logging
+
+    import transformers
+
+    logger = importlib.import_module(module).logger
+    before = transformers.logging.get_verbosity()
+    try:
+        with caplog.at_level(logging.INFO, logger="hf_adaopt"):
+            transformers.logging.set_verbosity_error()
+            logger.warning("silenced by set_verbosity_error")
+            transformers.logging.set_verbosity_warning()
+            logger.info("below the warning verbosity")
+            logger.warning("heard")
+    finally:
+        transformers.logging.set_verbosity(before)
+    assert [r.getMessage() for r in caplog.records] == ["heard"], f"{module}: use hf_adaopt.logs.get_logger(__name__)"

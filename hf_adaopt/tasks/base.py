@@ -7,19 +7,19 @@ the Hub dataset's schema (`--train_file` / `--validation_file`), like the transf
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks import offline_data
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedModel
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Extension of a local data file -> the `datasets` builder that reads it.
 _FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}

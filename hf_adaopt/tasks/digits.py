@@ -11,8 +11,7 @@ The models are so small that intra-op threads only add synchronization (on a bus
 
 from __future__ import annotations
 
-import logging
-
+from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks.base import (
     ImageTransform,
     TaskArguments,
@@ -24,7 +23,7 @@ from hf_adaopt.tasks.base import (
     load_saved_model,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_DATASET: str | None = None  # built in: sklearn.datasets.load_digits
 DEFAULT_EPOCHS = 10

@@ -12,14 +12,14 @@ and padded per batch.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import numpy as np
 
+from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 DEFAULT_EPOCHS = 20

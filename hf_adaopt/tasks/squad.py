@@ -14,7 +14,6 @@ an example maps back to answer text. Exact match and F1 use the official v1.1 no
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -24,10 +23,11 @@ from collections.abc import Mapping
 import numpy as np
 from transformers import Trainer
 
+from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
 from hf_adaopt.tasks.squad_metric import squad_metrics
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_DATASET = "rajpurkar/squad"
 DEFAULT_EPOCHS = 3
