@@ -103,3 +103,43 @@ def test_transformers_verbosity_reaches_the_package_loggers(module, caplog):
     finally:
         transformers.logging.set_verbosity(before)
     assert [r.getMessage() for r in caplog.records] == ["heard"], f"{module}: use hf_adaopt.logs.get_logger(__name__)"
+
+
+# Declared for a use that is not an import statement in this package.
+INDIRECT_DEPENDENCIES = {
+    "tensorboard": "transformers' TensorBoardCallback writes the logs with it (--report_to tensorboard)",
+    "pyyaml": "huggingface_hub's ModelCard reads and writes the card's YAML header with it",
+}
+
+
+def _imported_modules() -> set[str]:
+    import ast
+    import pathlib
+
+    files = [*pathlib.Path(REPO, "hf_adaopt").rglob("*.py"), *pathlib.Path(REPO, "training_scripts").glob("*.py")]
+    names = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("extra", ["train", "hub"])
+def test_every_declared_dependency_is_used(extra):
+    import re
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        declared = tomllib.load(f)["project"]["optional-dependencies"][extra]
+    dists = packages_distributions()
+    used = {norm(d) for module in _imported_modules() for d in dists.get(module, [])}
+    names = [norm(re.split(r"[<>=!~\[; ]", dep)[0]) for dep in declared]
+    assert [n for n in names if n not in used and n not in INDIRECT_DEPENDENCIES] == []
