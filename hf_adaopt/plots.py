@@ -39,6 +39,20 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# One line style and marker per optimizer besides its colour: two optimizers with the same curve (Adam and AdamW
+# without weight decay take identical steps) stay distinguishable where their lines overlap.
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<")
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    colors = _colors(names)
+    return {
+        n: {"color": colors[n], "linestyle": _LINESTYLES[i % len(_LINESTYLES)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, n in enumerate(names)
+    }
+
+
 def _new_figure(n_panels: int, width: float = 6.4, height: float = 4.2, max_cols: int = 3):
     """A figure with n_panels axes in a grid of at most `max_cols` columns; returns (fig, flat list of axes)."""
     from matplotlib.figure import Figure
@@ -62,8 +76,9 @@ def _aligned_curves(runs: Sequence[dict], key: str) -> tuple[list[float], list[l
     return common, [[c[s] for s in common] for c in curves]
 
 
-def _draw_curves(ax, groups, names, lr, key, scale, seed, colors) -> bool:
+def _draw_curves(ax, groups, names, lr, key, scale, seed, styles) -> bool:
     drawn = False
+    means: dict[str, tuple[list, np.ndarray]] = {}
     for name in names:
         runs = groups.get((name, lr))
         if not runs:
@@ -72,19 +87,21 @@ def _draw_curves(ax, groups, names, lr, key, scale, seed, colors) -> bool:
         if not steps:
             continue
         arr = np.asarray(mat) * scale
+        mean = arr.mean(axis=0)
+        same = [o for o, (s, m) in means.items() if s == steps and np.array_equal(m, mean)]
+        means[name] = (steps, mean)
         ax.plot(
             steps,
-            arr.mean(axis=0),
-            color=colors[name],
+            mean,
+            **styles[name],
             lw=2.4 if name == REFERENCE else 1.4,
-            marker="o",
             ms=2.5,
-            label=f"{name} (n={len(runs)})",
-            zorder=3 if name == REFERENCE else 2,
+            label=f"{name} (n={len(runs)})" + (f", same curve as {same[0]}" if same else ""),
+            zorder=(3 if name == REFERENCE else 2) + len(means) / 100,  # later ones on top: both styles show
         )
         if arr.shape[0] > 1:
             low, high = stats.bootstrap_ci_curve(arr, seed=seed)
-            ax.fill_between(steps, low, high, color=colors[name], alpha=0.18, lw=0)
+            ax.fill_between(steps, low, high, color=styles[name]["color"], alpha=0.18, lw=0)
         drawn = True
     ax.set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
@@ -103,7 +120,7 @@ def plot_curves(groups, key: str, ylabel: str, path: str, seed: int, scale: floa
     """
     lrs = sorted({lr for _, lr in groups}, key=_grid_order)
     names = sorted({n for n, _ in groups}, key=_order_key)
-    colors = _colors(names)
+    styles = _styles(names)
     zoom = key == "eval_accuracy"
     panels = 2 * len(lrs) if zoom else len(lrs)
     fig, axes = _new_figure(panels, max_cols=2 if zoom else 3)
@@ -111,14 +128,14 @@ def plot_curves(groups, key: str, ylabel: str, path: str, seed: int, scale: floa
     for i, lr in enumerate(lrs):
         title = "" if len(lrs) == 1 else ("default lr" if lr is None else f"initial lr {lr:g}")
         ax = axes[2 * i] if zoom else axes[i]
-        drawn |= _draw_curves(ax, groups, names, lr, key, scale, seed, colors)
+        drawn |= _draw_curves(ax, groups, names, lr, key, scale, seed, styles)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         if key == "eval_loss":
             ax.set_yscale("log")
         if zoom:
             zax = axes[2 * i + 1]
-            _draw_curves(zax, groups, names, lr, key, scale, seed, colors)
+            _draw_curves(zax, groups, names, lr, key, scale, seed, styles)
             top = max((float(np.max(line.get_ydata())) for line in zax.get_lines()), default=scale)
             zax.set_ylim(top - ZOOM_POINTS * scale / 100, top + 0.15 * ZOOM_POINTS * scale / 100)
             zax.set_ylabel(ylabel)
@@ -257,7 +274,7 @@ def plot_sensitivity(result: dict, path: str) -> bool:
     sweep = result["lr_sweep"]
     if not sweep:
         return False
-    colors = _colors(list(sweep["optimizers"]))
+    styles = _styles(list(sweep["optimizers"]))
     fig, axes = _new_figure(1)
     ax = axes[0]
     for name, o in sweep["optimizers"].items():
@@ -266,10 +283,10 @@ def plot_sensitivity(result: dict, path: str) -> bool:
         ys = np.array([r["mean"] for r in rows]) * 100
         lo = np.array([r["ci_low"] if r["ci_low"] is not None else np.nan for r in rows], dtype=float) * 100
         hi = np.array([r["ci_high"] if r["ci_high"] is not None else np.nan for r in rows], dtype=float) * 100
-        ax.plot(xs, ys, marker="o", color=colors[name], lw=2.4 if name == REFERENCE else 1.4, label=name)
+        ax.plot(xs, ys, **styles[name], lw=2.4 if name == REFERENCE else 1.4, label=name)
         ok = ~np.isnan(lo)
         if ok.any():
-            ax.fill_between(np.asarray(xs)[ok], lo[ok], hi[ok], color=colors[name], alpha=0.15, lw=0)
+            ax.fill_between(np.asarray(xs)[ok], lo[ok], hi[ok], color=styles[name]["color"], alpha=0.15, lw=0)
     best = sweep["overall_best"] * 100
     ax.axhline(best - 100 * sweep["tolerance"], color="grey", ls="--", lw=1, label="best − 1 pt")
     ax.set_xscale("log")

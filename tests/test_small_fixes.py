@@ -143,3 +143,27 @@ def test_every_declared_dependency_is_used(extra):
     used = {norm(d) for module in _imported_modules() for d in dists.get(module, [])}
     names = [norm(re.split(r"[<>=!~\[; ]", dep)[0]) for dep in declared]
     assert [n for n in names if n not in used and n not in INDIRECT_DEPENDENCIES] == []
+
+
+def test_identical_curves_stay_visible_and_the_legend_says_so():
+    """Adam and AdamW without weight decay take identical steps: AdamW's line must not hide Adam's."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from hf_adaopt import plots, report
+
+    def run(optimizer, seed, accuracies):
+        curve = [{"step": 10 * (i + 1), "epoch": i + 1, "eval_accuracy": a} for i, a in enumerate(accuracies)]
+        return {"optimizer": optimizer, "seed": seed, "lr_grid": None, "eval_curve": curve}
+
+    same = {0: [0.5, 0.8, 0.9], 1: [0.4, 0.7, 0.92]}
+    runs = [run(o, s, same[s]) for o in ("adam", "adamw") for s in (0, 1)] + [run("adaopt", 0, [0.6, 0.85, 0.95])]
+    names = ["adaopt", "adam", "adamw"]
+    ax = Figure().subplots()
+    plots._draw_curves(ax, report.group_runs(runs), names, None, "eval_accuracy", 100, 0, plots._styles(names))
+    lines = {line.get_label().split(" ")[0]: line for line in ax.get_lines()}
+    adam, adamw = lines["adam"], lines["adamw"]
+    assert np.array_equal(adam.get_ydata(), adamw.get_ydata())
+    assert (adam.get_linestyle(), adam.get_marker()) != (adamw.get_linestyle(), adamw.get_marker())
+    assert adamw.get_zorder() > adam.get_zorder() and adamw.get_label().endswith("same curve as adam")
+    assert "same curve" not in lines["adaopt"].get_label()
