@@ -167,3 +167,33 @@ def test_identical_curves_stay_visible_and_the_legend_says_so():
     assert (adam.get_linestyle(), adam.get_marker()) != (adamw.get_linestyle(), adamw.get_marker())
     assert adamw.get_zorder() > adam.get_zorder() and adamw.get_label().endswith("same curve as adam")
     assert "same curve" not in lines["adaopt"].get_label()
+
+
+def readme_commands() -> list[str]:
+    """Single `hf-adaopt ...` commands in the README: inline code spans and code-block lines (comments cut off,
+    `a & b` split)."""
+    import re
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    found = re.findall(r"`(hf-adaopt [^`\n]+)`", text)
+    for line in text.splitlines():
+        line = re.sub(r"\s+#\s.*$", "", line.strip())  # a trailing comment
+        found += [part.strip() for part in line.split(" & ") if part.strip().startswith("hf-adaopt ")]
+    from hf_adaopt.cli import COMMANDS
+
+    # not the quoted error messages; not a loop body, whose $variables are meant to expand
+    return sorted({c for c in found if c.split()[1] in COMMANDS and "$" not in c})
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_commands_reach_the_program_as_written(command, tmp_path):
+    """What bash passes on (after brace, variable and glob expansion) is the command as the README spells it:
+    `--max_grad_norm {0,1.0}` became two values and crashed."""
+    import shlex
+    import subprocess
+
+    words = subprocess.run(
+        ["bash", "-c", "printf '%s\\0' " + command], cwd=tmp_path, capture_output=True, check=True
+    ).stdout.decode().split("\0")[:-1]
+    assert words == shlex.split(command)
