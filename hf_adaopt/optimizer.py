@@ -68,6 +68,9 @@ SMALL_TENSOR = 4096
 # a factor 4**adapt_rate up (r = 3/4) or down (r = -3); from lr 1e-5, 1e-3 is ~35 steps away.
 SECANT_R_MAX = 0.75
 SECANT_R_MIN = -3.0
+# r >= 1/2 means the directional derivative kept at least half its value across the step: on a quadratic the
+# step was at most half the greedy optimum, so growing is safe even if noise inflated the reading.
+TRUSTED_GROWTH_R = 0.5
 # The base scale never leaves this band, whatever the statistics say.
 MIN_BASE_SCALE = 1e-10
 MAX_BASE_SCALE = 10.0
@@ -154,6 +157,10 @@ class AdaOpt(Optimizer):
         min_variance_factor: float = 0.1,
         warmup_steps: int | None = None,
         loss_spike_threshold: float | None = 4.0,
+        initial_scale: float | None = None,
+        secant_target: float = 0.0,
+        trust_bounds: bool = True,
+        symmetric_damping: bool = False,
         foreach: bool | None = None,
     ):
         _check_lr(lr)
@@ -177,6 +184,11 @@ class AdaOpt(Optimizer):
             raise ValueError(f"Invalid warmup_steps value: {warmup_steps!r} (expected an int >= 0)")
         if loss_spike_threshold is not None and not loss_spike_threshold > 0.0:
             raise ValueError(f"Invalid loss_spike_threshold value: {loss_spike_threshold} (expected > 0 or None)")
+        if initial_scale is not None and not 0.0 < initial_scale < 1.0:
+            raise ValueError(f"Invalid initial_scale value: {initial_scale} (expected 0 < initial_scale < 1 or None)")
+        if not SECANT_R_MIN < secant_target < SECANT_R_MAX:
+            raise ValueError(f"Invalid secant_target value: {secant_target} (expected {SECANT_R_MIN} < r* < "
+                             f"{SECANT_R_MAX})")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -187,6 +199,10 @@ class AdaOpt(Optimizer):
             min_variance_factor=min_variance_factor,
             warmup_steps=warmup_steps,
             loss_spike_threshold=loss_spike_threshold,
+            initial_scale=initial_scale,
+            secant_target=secant_target,
+            trust_bounds=bool(trust_bounds),
+            symmetric_damping=bool(symmetric_damping),
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -218,6 +234,9 @@ class AdaOpt(Optimizer):
         for group in self.param_groups:
             group.setdefault("base_lr", group["lr"])
             group.setdefault("foreach", None)
+            for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
+                               ("symmetric_damping", False)):
+                group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in _CONTROLLER_DEFAULTS.items():
                 group.setdefault(key, value)
 
@@ -397,7 +416,8 @@ class AdaOpt(Optimizer):
 # What AdaOpt refuses up front
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
-OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "foreach")
+OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
+                  "trust_bounds", "symmetric_damping", "foreach")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -541,8 +561,13 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     c = {k: g0[k] for k in _CONTROLLER_DEFAULTS}
     if c["reference_lr"] is None:  # first step (or a checkpoint from before reference_lr existed)
         c["reference_lr"] = max(g["base_lr"] for g in groups)
+    matrices = [i for i in range(n) if tensors["params"][i].dim() >= 2] or list(range(n))
+    p2 = sum(param_sq[i] for i in matrices)
+    n2 = float(sum(tensors["directions"][i].numel() for i in matrices))
     if c["base_scale"] is None:
-        c["base_scale"] = c["reference_lr"]
+        # The first step: the user's lr, or (initial_scale) a fraction of the weights' RMS, whatever the lr
+        initial = g0.get("initial_scale")
+        c["base_scale"] = c["reference_lr"] if initial is None or p2 <= 0.0 else initial * math.sqrt(p2 / n2)
     c["meta_step"] += 1
     t = c["meta_step"]
 
@@ -582,12 +607,17 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         c["secant_after"] = beta1 * c["secant_after"] + (1.0 - beta1) * sum(after) / grad_norm
         c["secant_before"] = beta1 * c["secant_before"] + (1.0 - beta1) * sum(before) / c["prev_grad_norm"]
     mu = 1.0
+    target = g0.get("secant_target", 0.0)
     if t > warmup and c["secant_before"] != 0.0:
         r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
         # Growing is trusted at full rate (r near 1 is a strong, consistent reading even in noise);
-        # shrinking is scaled by the signal share, since noise alone always reads as overshoot.
-        mu = (1.0 / (1.0 - r)) ** (kappa if r > 0.0 else kappa * signal_fraction)
+        # shrinking is scaled by the signal share, since noise alone always reads as overshoot. The fixed
+        # point is r = secant_target: 0 is the greedy (one-step) optimum, r* < 0 a step (1 - r*) times longer.
+        # symmetric_damping: shrinking and growing are both scaled by the signal share, except a growth
+        # reading so strong (r >= TRUSTED_GROWTH_R) that noise cannot have made it.
+        damped = r <= target or (g0.get("symmetric_damping", False) and r < TRUSTED_GROWTH_R)
+        mu = ((1.0 - target) / (1.0 - r)) ** (kappa * signal_fraction if damped else kappa)
     d = c["base_scale"] * mu
     c["prev_grad_norm"] = grad_norm
 
@@ -611,15 +641,12 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
 
     # Trust bound over the weight matrices: the RMS step d * rms(u) stays below MAX_UPDATE_RATIO * rms(theta).
     # Before the first step there is no direction yet; Adam's first direction is sign(g), of RMS 1.
-    matrices = [i for i in range(n) if tensors["params"][i].dim() >= 2] or list(range(n))
-    p2 = sum(param_sq[i] for i in matrices)
-    u2 = sum(dir_sq[i] for i in matrices) if t > 1 else float(sum(tensors["directions"][i].numel() for i in matrices))
-    if p2 > 0.0 and u2 > 0.0:
+    u2 = sum(dir_sq[i] for i in matrices) if t > 1 else n2
+    if g0.get("trust_bounds", True) and p2 > 0.0 and u2 > 0.0:
         d = min(d, MAX_UPDATE_RATIO * math.sqrt(p2 / u2))
     # ... and d itself stays below MAX_SCALE_RATIO * rms(theta): Adam's direction can jump from tiny to RMS ~1
     # in one step (a large gradient after a flat stretch), and the bound above only sees the last direction.
-    n2 = float(sum(tensors["directions"][i].numel() for i in matrices))
-    if p2 > 0.0:
+    if g0.get("trust_bounds", True) and p2 > 0.0:
         d = min(d, MAX_SCALE_RATIO * math.sqrt(p2 / n2))
     d = min(max(d, MIN_BASE_SCALE), MAX_BASE_SCALE)
     c["base_scale"], c["landscape_factor"] = d, mu

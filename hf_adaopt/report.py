@@ -32,7 +32,7 @@ RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "compare_config.json"
 REFERENCE = "adaopt"
 # Display order: ours first, then the torch baselines, then the learning-rate-free peers.
-OPTIMIZER_ORDER = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog")
+OPTIMIZER_ORDER = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog", "ppsf")
 DEFAULT_THRESHOLD_FRACTION = 0.95
 DEFAULT_ALPHA = 0.05
 ROBUSTNESS_TOLERANCE = 0.01  # "within 1 accuracy point of the best result"

@@ -128,7 +128,8 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
             "final_train_loss": _mean([_final_train_loss(r) for r in runs]),
         })
     adamw = [c for c in cells if c["optimizer"] == "adamw" and math.isfinite(c["mean"])]
-    out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells}
+    out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells,
+                           "run_seconds": _mean([r.get("elapsed_s") for r in records])}
     if not adamw:
         return out
     best = adamw[0]
@@ -326,12 +327,25 @@ def adaopt_sweep_markdown(result: dict) -> str:
     return _table(header, rows)
 
 
+def workloads_markdown(result: dict) -> str:
+    """What each workload is, and how long one of its runs took here (mean over the grid)."""
+    rows = []
+    for name, w in result["workloads"].items():
+        spec = result["workload_specs"].get(name, {})
+        rows.append([name, spec.get("model", ""), spec.get("data", ""),
+                     "accuracy" if w["metric"] == "accuracy" else "bits/char", spec.get("about", ""),
+                     f"{w.get('run_seconds', math.nan):.0f}"])
+    return _table(["workload", "model", "data (licence), train / validation", "metric", "why it is here",
+                   "s per run"], rows)
+
+
 def readme_section(result: dict) -> str:
     """The README's results block: rendered from a committed results.json, so a test can hold the two equal."""
     versions = result.get("environment", {}).get("versions", {})
     lines = [
         f"`{result.get('command')}` — {result['n_runs']} runs, seeds {result.get('seeds')}, revision "
         f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`.", "",
+        workloads_markdown(result), "",
         "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
         "character; negative is worse; `#` = rank among the defaults):", "",
         summary_markdown(result), "",

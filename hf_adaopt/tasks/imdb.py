@@ -107,14 +107,19 @@ def _text_batches(dataset, batch_size: int = 1000):
 
 def _tokenizer_cache_path(train_dataset) -> str | None:
     """Where the tokenizer trained on this exact training split is kept: next to the split's Arrow cache, named by
-    its fingerprint and the tokenizer settings. None for an in-memory dataset."""
+    its fingerprint and the tokenizer settings; for an in-memory dataset (the offline sources), in the datasets
+    cache, named by a hash of the texts (small data: hashing costs milliseconds)."""
     import hashlib
 
+    import datasets
     import tokenizers
 
-    if not train_dataset.cache_files:
-        return None
     settings = repr((HTML_TAG_PATTERN, VOCAB_SIZE, MIN_FREQUENCY, SPECIAL_TOKENS, tokenizers.__version__))
+    if not train_dataset.cache_files:
+        digest = hashlib.sha256(settings.encode())
+        for batch in _text_batches(train_dataset):
+            digest.update("\x00".join(batch).encode("utf-8", errors="replace"))
+        return os.path.join(str(datasets.config.HF_DATASETS_CACHE), f"hf_adaopt_wordpiece_{digest.hexdigest()[:16]}.json")
     key = hashlib.sha256(f"{train_dataset._fingerprint}|{settings}".encode()).hexdigest()[:16]
     return os.path.join(os.path.dirname(train_dataset.cache_files[0]["filename"]), f"hf_adaopt_wordpiece_{key}.json")
 
@@ -134,6 +139,7 @@ def _cached_or_trained(train_dataset) -> str:
     logger.info("imdb: trained a WordPiece tokenizer on %d reviews", len(train_dataset))
     if path is not None:
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             partial = f"{path}.{os.getpid()}.tmp"
             with open(partial, "w", encoding="utf-8") as f:
                 f.write(serialized)
