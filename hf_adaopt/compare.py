@@ -794,6 +794,7 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
             )
             record.update(job.extra)
             append_record(results_path, record)
+            stop_if_interrupted()  # a Ctrl-C that a finalizer swallowed during the run: stop now, the run is saved
             acc = record["eval"].get("eval_accuracy")
             bar.set_postfix_str(
                 f"last: {where} {spec.optimizer} seed {spec.seed} acc {acc:.4f}".replace("  ", " ")
@@ -878,10 +879,39 @@ def check_run_arguments(task: str, optimizers, lrs, passthrough, epochs, output_
     return run_mod.parse_args(run_argv(RunSpec(task, "adaopt", 0, None), passthrough, probe_dir, epochs))
 
 
+class _Interrupt:
+    """Ctrl-C: a SIGINT raises KeyboardInterrupt as usual and is also remembered, because Python drops an exception
+    raised inside a finalizer (`__del__`), and accelerate runs gc.collect() at the end of every training run."""
+
+    interrupted = False
+
+    def handler(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+
+_INTERRUPT = _Interrupt()
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed since compare started, even if its exception was lost."""
+    if _INTERRUPT.interrupted:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """`hf-adaopt compare`; Ctrl-C stops it with exit status 130 and says how to resume (no traceback)."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _INTERRUPT.handler)
+    _INTERRUPT.interrupted = False
     try:
-        return _main(argv)
+        status = _main(argv)
+        stop_if_interrupted()
+        return status
     except KeyboardInterrupt:
         print(
             "\nhf-adaopt compare: interrupted — rerun the same command to resume (finished runs are kept in "
@@ -889,6 +919,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        _INTERRUPT.interrupted = False
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
