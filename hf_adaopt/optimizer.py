@@ -161,6 +161,7 @@ class AdaOpt(Optimizer):
         secant_target: float = 0.0,
         trust_bounds: bool = True,
         symmetric_damping: bool = False,
+        trusted_growth: bool = False,
         foreach: bool | None = None,
     ):
         _check_lr(lr)
@@ -203,6 +204,7 @@ class AdaOpt(Optimizer):
             secant_target=secant_target,
             trust_bounds=bool(trust_bounds),
             symmetric_damping=bool(symmetric_damping),
+            trusted_growth=bool(trusted_growth),
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -235,7 +237,7 @@ class AdaOpt(Optimizer):
             group.setdefault("base_lr", group["lr"])
             group.setdefault("foreach", None)
             for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
-                               ("symmetric_damping", False)):
+                               ("symmetric_damping", False), ("trusted_growth", False)):
                 group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in _CONTROLLER_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -417,7 +419,7 @@ class AdaOpt(Optimizer):
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
-                  "trust_bounds", "symmetric_damping", "foreach")
+                  "trust_bounds", "symmetric_damping", "trusted_growth", "foreach")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -614,9 +616,10 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         # Growing is trusted at full rate (r near 1 is a strong, consistent reading even in noise);
         # shrinking is scaled by the signal share, since noise alone always reads as overshoot. The fixed
         # point is r = secant_target: 0 is the greedy (one-step) optimum, r* < 0 a step (1 - r*) times longer.
-        # symmetric_damping: shrinking and growing are both scaled by the signal share, except a growth
-        # reading so strong (r >= TRUSTED_GROWTH_R) that noise cannot have made it.
-        damped = r <= target or (g0.get("symmetric_damping", False) and r < TRUSTED_GROWTH_R)
+        # symmetric_damping: shrinking and growing are both scaled by the signal share (trusted_growth: except a
+        # growth reading so strong, r >= TRUSTED_GROWTH_R, that noise alone rarely makes it).
+        trusted = g0.get("trusted_growth", False) and r >= TRUSTED_GROWTH_R
+        damped = r <= target or (g0.get("symmetric_damping", False) and not trusted)
         mu = ((1.0 - target) / (1.0 - r)) ** (kappa * signal_fraction if damped else kappa)
     d = c["base_scale"] * mu
     c["prev_grad_norm"] = grad_norm

@@ -239,15 +239,17 @@ def test_group_with_lr_zero_stays_unchanged():
 
 
 def test_scheduler_scales_the_step():
-    """group["lr"] is a multiplier: LambdaLR at 0.5 halves the effective lr the controller sets."""
+    """group["lr"] is a multiplier: LambdaLR at 0.5 halves the effective lr the controller sets (the
+    variance factor gates the secant's rate, not the step: past warmup it is below 1 and not in the product)."""
     model = _toy_model()
     x, y = _toy_data()
     opt = AdaOpt(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
-    _train(model, opt, x, y, steps=1)
+    _train(model, opt, x, y, steps=25)
     sched.step()
     d = opt.diagnostics()
-    assert d["effective_lr"] == pytest.approx(0.5 * d["base_scale"] * d["variance_factor"])
+    assert d["variance_factor"] < 1.0
+    assert d["effective_lr"] == pytest.approx(0.5 * d["base_scale"])
 
 
 def test_closure_is_called_and_its_loss_returned():
@@ -434,3 +436,25 @@ def test_import_needs_torch_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip()) == 1e-3
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, weight_decay):
+    """The controller's oracle: no secant (adapt_rate 0), no trust bounds, no loss guard and the user's lr as the
+    start -- AdaOpt must then be torch's AdamW exactly (float64, 30 steps, two groups)."""
+    model_a, model_b = _toy_model(torch.float64), _toy_model(torch.float64)
+    x, y = _toy_data(dtype=torch.float64)
+
+    def groups(model):
+        return [{"params": [p for p in model.parameters() if p.dim() > 1]},
+                {"params": [p for p in model.parameters() if p.dim() == 1], "weight_decay": 0.0}]
+
+    ada = AdaOpt(groups(model_a), lr=3e-3, weight_decay=weight_decay, adapt_rate=0.0, trust_bounds=False,
+                 loss_spike_threshold=None, initial_scale=None, foreach=foreach)
+    ref = torch.optim.AdamW(groups(model_b), lr=3e-3, weight_decay=weight_decay, foreach=foreach)
+    _train(model_a, ada, x, y, steps=30)
+    _train(model_b, ref, x, y, steps=30, feed_loss=False)
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
+    assert ada.diagnostics()["effective_lr"] == 3e-3
