@@ -697,9 +697,11 @@ def _run_output_to(log_path: str):
     """Send one run's console output (prints, warnings, log records) to its run.log."""
     with open(log_path, "a", encoding="utf-8") as log:
         swapped = []
+        console = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
         for name in (None, "transformers", "hf_adaopt", "accelerate", "datasets"):
             for h in logging.getLogger(name).handlers:
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                # handlers that write to the console only (not files, not a caller's own capture such as pytest's)
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in console:
                     previous = h.setStream(log)
                     if previous is not None:
                         swapped.append((h, previous))

@@ -19,8 +19,10 @@ A run writes to `--output_dir`: the model, `train_results.json`, `eval_results.j
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import io
 import json
 import math
 import os
@@ -127,7 +129,8 @@ def check_optimizer(opt_args: OptimizerArguments, training_args) -> None:
 
     kwargs = _optimizer_kwargs(opt_args, training_args)
     try:
-        build_optimizer(opt_args.optimizer, [torch.nn.Parameter(torch.zeros(1))], **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):  # some peers print their settings when built
+            build_optimizer(opt_args.optimizer, [torch.nn.Parameter(torch.zeros(1))], **kwargs)
     except (ValueError, TypeError) as exc:
         extra = f" (--optimizer_kwargs {json.dumps(opt_args.optimizer_kwargs)})" if opt_args.optimizer_kwargs else ""
         raise ValueError(f"--optimizer {opt_args.optimizer}{extra} refuses its arguments: {exc}") from None
