@@ -14,7 +14,10 @@ epoch, logging every 10 steps, no checkpoints, no reporting integration.
 The optimizer reaches the Trainer as `optimizer_cls_and_kwargs` (an optimizer factory), the route that also
 works under FSDP; the Trainer builds the scheduler from `lr_scheduler_type` (constant by default here).
 A run writes to `--output_dir`: the model, `train_results.json`, `eval_results.json`, `all_results.json`,
-`trainer_state.json` (log history), `lr_trajectory.json` (the callback) and `run_config.json`.
+`trainer_state.json` (log history), `lr_trajectory.json` (the callback) and `run_config.json`. As in the transformers
+example scripts, a non-empty `--output_dir` is refused unless `--overwrite_output_dir` (train over it) or
+`--resume_from_checkpoint` (continue it) is given. Every argument is checked before the data is loaded (`main` exits
+with status 2 and the message); see the README's "Bad input" table.
 """
 
 from __future__ import annotations
