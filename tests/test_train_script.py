@@ -171,7 +171,7 @@ def test_push_to_hub_hands_the_finished_run_to_hub_push_run(tmp_path, monkeypatc
     assert RUN_FILES <= set(files)  # every local file exists before the push starts
     calls.clear()
     assert run.main(["--push_to_hub", "--hub_model_id", "me/adaopt-digits", "--max_steps", "1",
-                     "--max_train_samples", "32", "--output_dir", str(out_dir), *QUIET]) == 0
+                     "--max_train_samples", "32", "--output_dir", str(out_dir), "--overwrite_output_dir", *QUIET]) == 0
     assert calls[0][0] == "me/adaopt-digits"
 
 
