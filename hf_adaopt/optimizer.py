@@ -9,28 +9,33 @@ The step of every tensor :math:`i` is
 * :math:`s_t` -- the group's ``lr`` divided by the **reference lr**, the largest ``lr`` the groups were created
   with: per-group lrs keep their ratios, and a scheduler's changes to ``lr`` act as a multiplier.
 * :math:`d_t` -- **base scale**, one scalar for the optimizer; ``effective_lr`` is :math:`s_t d_t`. It starts at
-  the reference lr and is multiplied every step by the **landscape factor** :math:`\mu_t`, a secant estimate
-  of the curvature along the update (hypergradient descent, Baydin et al. 2018, in a scale-free
-  multiplicative form). With :math:`u_{t-1}` the previous step's direction, compare the directional
-  derivative before the step, :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it,
-  :math:`b = g_t \cdot u_{t-1}/\|g_t\|`. On a quadratic the best step along :math:`u` is :math:`1/(1-r)`
-  times the one taken, :math:`r = b/a`: :math:`r \approx 1` (flat: far too small a step) grows :math:`d`,
-  :math:`r < 0` (overshoot) shrinks it. So :math:`\mu_t = (1/(1-\bar r))^{\kappa\,\rho_t}` with :math:`\bar r`
-  the ratio of EMAs of :math:`b` and :math:`a`, clamped so that one step changes :math:`d` by at most
-  :math:`4^{\kappa}` either way (growing at full rate, shrinking at :math:`\kappa\rho_t`, see below).
+  ``initial_scale`` (1%) of the weight matrices' RMS -- whatever the lr: a first step of 1% of the weights is
+  safe for a pretrained model and small for one trained from scratch (LARS/LAMB's trust ratio, used as a start
+  instead of a cap) -- is held there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
+  step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
+  (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
+  previous step's direction, compare the directional derivative before the step,
+  :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it, :math:`b = g_t \cdot u_{t-1}/\|g_t\|`.
+  On a quadratic the greedy (one-step) best step along :math:`u` is :math:`1/(1-r)` times the one taken,
+  :math:`r = b/a`. So :math:`\mu_t = ((1-r^*_t)/(1-\bar r))^{\kappa\,\rho_t}`, :math:`\bar r` the ratio of EMAs of
+  :math:`b` and :math:`a`, clamped so that one step changes :math:`d` by at most :math:`(4(1-r^*))^{\kappa}`.
+  The fixed point is :math:`\bar r = r^*_t`. The greedy optimum (:math:`r^* = 0`) is biased low for the long run
+  (short-horizon bias, Wu et al. 2018): the target is :math:`r^*_t = -\rho_t` (``secant_target`` x the signal
+  share), a step up to twice the greedy one while the gradient carries signal, and the greedy one at the noise
+  floor, where noise alone reads :math:`\bar r \approx 0` and any other target would make the step drift.
 * :math:`\rho_t` -- **variance factor**: the share of the gradient that is signal, :math:`S/(S+N)`, with the
   signal :math:`S=\|E g\|^2` and the noise :math:`N=\operatorname{tr}\Sigma` of the mini-batch gradient read
   from the same two EMAs (McCandlish et al. 2018: the useful step shrinks as :math:`1/(1+N/S)`). A secant
-  measured with noisy gradients is itself noisy, so the exponent above is scaled by :math:`\rho_t`: the
-  step adapts fast while the gradient carries signal and stops drifting at the noise floor. Optionally
+  measured with noisy gradients is itself noisy, so the exponent above is scaled by :math:`\rho_t` in both
+  directions: the step adapts fast while the gradient carries signal and stops moving at the noise floor (the
+  first version damped shrinking only; noise then ratcheted the step up, which needed a cap). Optionally
   (``variance_power`` p > 0, off by default), :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step
   towards tensors with more signal.
-* Guards. A **trust bound** keeps the RMS step of the weight matrices below 1% of their RMS, and the base
-  scale below 3% of it (LARS/LAMB's trust ratio as one global number): it protects the first steps from a far
-  too large initial lr, before the secant has anything to measure, and late flat stretches from growing a
-  step that the next large gradient would turn into a blow-up. A **loss guard** halves :math:`d` when the training loss -- given by
-  ``set_loss`` (`AdaOptCallback` does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations
-  above its running mean.
+* Guards. A **loss guard** halves :math:`d` when the training loss -- given by ``set_loss`` (`AdaOptCallback`
+  does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations above its running mean. The first
+  version's **trust bounds** (step RMS <= 1% and base scale <= 3% of the weights' RMS) are off by default
+  (``trust_bounds=True`` restores them): they set the step more than the controller did, and the weights' RMS
+  depends on the architecture (the README's ablation table).
 
 What it costs: Adam's two state tensors, plus the previous direction on a fixed 1/16 subsample of each large
 tensor (blocks of 16 elements out of every 256; small tensors are kept whole) -- about 8.25 bytes per fp32
@@ -41,8 +46,9 @@ with a single host sync per step.
 A step with a non-finite gradient (or statistic) changes nothing -- neither the parameters nor the state --
 and is counted in ``skipped_steps``.
 
-Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at ``min(lr, trust bound)``
-while the EMAs fill; the secant needs gradients that carry information from one step to the next.
+Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
+EMAs fill; the secant needs gradients that carry information from one step to the next; a model whose weight
+matrices are all zero at the start has no scale to start from (AdaOpt then starts at ``lr``).
 """
 
 from __future__ import annotations
@@ -116,17 +122,16 @@ class AdaOpt(Optimizer):
 
     Args:
         params: parameters or param groups (dicts), as for any ``torch.optim.Optimizer``.
-        lr: initial step size. It is a first guess that matters only logarithmically -- the base scale
-            moves away from it within tens of steps -- and a multiplier afterwards: a scheduler that halves
-            ``group["lr"]`` halves the step, ``lr=0`` freezes the group. Default 1e-3.
-            Per-group lrs keep their ratios: the base scale starts at the largest lr among the groups (the
-            reference lr, fixed at the first step) and a group steps ``base_scale * lr / reference_lr``. A
-            group added after the first step is read against the same reference lr.
+        lr: a multiplier, not the step size: the step starts at ``initial_scale`` of the weights' RMS whatever
+            ``lr`` is (with ``initial_scale=None``, at ``lr``). A scheduler that halves ``group["lr"]`` halves
+            the step, ``lr=0`` freezes the group, and per-group lrs keep their ratios: a group steps
+            ``base_scale * lr / reference_lr``, the reference lr being the largest lr among the groups (fixed
+            at the first step; a group added later is read against it). Default 1e-3.
         betas: EMA factors of the gradient and its square, as in Adam.
         eps: added to the denominator, as in Adam.
         weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
         adapt_rate: exponent kappa of the landscape factor; how fast the base scale follows the measured
-            curvature. Larger adapts faster and is noisier. This is the knob to turn, not ``lr``.
+            curvature. Larger adapts faster and is noisier. This is the knob to turn, not ``lr``. Default 0.2.
         variance_power: exponent p of the per-tensor gate. Default 0: every tensor the same step size. On
             digits (5 seeds, initial lr 1e-5 / 1e-3 / 1e-1) p = 0.5 ended at 96.7 / 96.2 / 96.3% accuracy and
             p = 0 at 96.2 / 97.3 / 96.7% -- no gain from the gate there; try 0.5 where tensors differ widely
@@ -138,6 +143,20 @@ class AdaOpt(Optimizer):
         loss_spike_threshold: standard deviations above the running mean of the training loss that count
             as a spike (the base scale is halved, then the guard rests for ``warmup_steps``). ``None``
             disables the loss guard.
+        initial_scale: the first step as a fraction of the weight matrices' RMS (default 1e-2); ``None``
+            starts at ``lr`` instead (the first version).
+        secant_target: the secant ratio the controller steers to, at full signal (default -1: up to twice the
+            greedy step); 0 is the greedy optimum.
+        signal_scaled_target: scale the target by the signal share (default True), so that it is 0 at the
+            noise floor.
+        symmetric_damping: scale growing as well as shrinking by the signal share (default True).
+        trusted_growth: with symmetric damping, grow at full rate on a secant reading r >= 1/2 (default False:
+            measured to overshoot on the language model).
+        trust_bounds: the first version's caps on the step (1%) and base scale (3%) relative to the weights'
+            RMS (default False).
+        The defaults of the last six were chosen by ablation on the suite (README); the first version is
+        ``adapt_rate=0.1, initial_scale=None, secant_target=0, signal_scaled_target=False,
+        symmetric_damping=False, trust_bounds=True``.
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
@@ -152,16 +171,17 @@ class AdaOpt(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         *,
-        adapt_rate: float = 0.1,
+        adapt_rate: float = 0.2,
         variance_power: float = 0.0,
         min_variance_factor: float = 0.1,
         warmup_steps: int | None = None,
         loss_spike_threshold: float | None = 4.0,
-        initial_scale: float | None = None,
-        secant_target: float = 0.0,
-        trust_bounds: bool = True,
-        symmetric_damping: bool = False,
+        initial_scale: float | None = 1e-2,
+        secant_target: float = -1.0,
+        trust_bounds: bool = False,
+        symmetric_damping: bool = True,
         trusted_growth: bool = False,
+        signal_scaled_target: bool = True,
         foreach: bool | None = None,
     ):
         _check_lr(lr)
@@ -205,6 +225,7 @@ class AdaOpt(Optimizer):
             trust_bounds=bool(trust_bounds),
             symmetric_damping=bool(symmetric_damping),
             trusted_growth=bool(trusted_growth),
+            signal_scaled_target=bool(signal_scaled_target),
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -237,7 +258,8 @@ class AdaOpt(Optimizer):
             group.setdefault("base_lr", group["lr"])
             group.setdefault("foreach", None)
             for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
-                               ("symmetric_damping", False), ("trusted_growth", False)):
+                               ("symmetric_damping", False), ("trusted_growth", False),
+                               ("signal_scaled_target", False)):
                 group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in _CONTROLLER_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -419,7 +441,7 @@ class AdaOpt(Optimizer):
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
-                  "trust_bounds", "symmetric_damping", "trusted_growth", "foreach")
+                  "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "foreach")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -610,6 +632,10 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         c["secant_before"] = beta1 * c["secant_before"] + (1.0 - beta1) * sum(before) / c["prev_grad_norm"]
     mu = 1.0
     target = g0.get("secant_target", 0.0)
+    if g0.get("signal_scaled_target", False):
+        # noise alone reads r ~ 0: a target away from 0 only where the gradient carries signal, so that the
+        # noise floor does not drift the step
+        target *= signal_fraction
     if t > warmup and c["secant_before"] != 0.0:
         r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)

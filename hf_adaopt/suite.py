@@ -80,7 +80,7 @@ WORKLOADS = {
         ),
         Workload(
             "finetune", "textcls",
-            ("--dataset_name", "debian-fortunes", "--max_steps", "60", "--max_seq_length", "48",
+            ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
              "--per_device_train_batch_size", "16"),
             "accuracy", "full fine-tuning of a pretrained BERT: where lr-free methods destroy the features",
             "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
@@ -88,7 +88,7 @@ WORKLOADS = {
         ),
         Workload(
             "lora", "textcls",
-            ("--dataset_name", "debian-fortunes", "--max_steps", "60", "--max_seq_length", "48",
+            ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
              "--per_device_train_batch_size", "16", "--lora_r", "8"),
             "accuracy", "the same fine-tune with a LoRA adapter (peft): what users of lr-free optimizers ask for most",
             "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",

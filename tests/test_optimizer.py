@@ -435,7 +435,7 @@ def test_import_needs_torch_only():
         "print(opt.diagnostics()['effective_lr'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(out.stdout.strip()) == 1e-3
+    assert float(out.stdout.strip()) == pytest.approx(1e-2)  # the first step: 1% of the weights' RMS (1)
 
 
 @pytest.mark.parametrize("foreach", [False, True])

@@ -640,6 +640,6 @@ def test_group_settings_that_are_per_group_are_accepted():
     model = _model()
     opt = AdaOpt([{"params": model[0].parameters()},
                   {"params": model[2].parameters(), "betas": (0.9, 0.99), "eps": 1e-6, "weight_decay": 0.1,
-                   "adapt_rate": 0.1, "variance_power": 0.5}])
+                   "variance_power": 0.5}])
     _train(model, opt, steps=2)
     assert opt.param_groups[1]["betas"] == (0.9, 0.99)
