@@ -339,6 +339,43 @@ def workloads_markdown(result: dict) -> str:
                    "s per run"], rows)
 
 
+def ablation_markdown(variants: dict, results: dict[str, dict], reference: dict) -> str:
+    """The ablation table: per variant, AdaOpt's worst result over the lrs it ran, per workload; the gap to the
+    suite's best-tuned AdamW where the workload's settings are the suite's (`variants["comparable_workloads"]`)."""
+    comparable = set(variants.get("comparable_workloads", []))
+    names = [n for n in reference["workloads"] if any(n in r["workloads"] for r in results.values())]
+    rows = []
+    for v in variants["variants"]:
+        result = results.get(v["name"])
+        if result is None:
+            continue
+        cells = []
+        for n in names:
+            w = result["workloads"].get(n)
+            if not w or not w.get("cells"):
+                cells.append("–")
+                continue
+            metric = w["metric"]
+            better = _better(metric)
+            worst = w["cells"][0]
+            for c in w["cells"][1:]:
+                if better(worst["mean"], c["mean"]):
+                    worst = c
+            digits = 2 if metric == "accuracy" else 3
+            text = "diverged" if not math.isfinite(worst["mean"]) else f"{worst['mean']:.{digits}f}"
+            best = reference["workloads"].get(n, {}).get("best_adamw")
+            if n in comparable and best and math.isfinite(worst["mean"]):
+                text += f" ({_fmt_gap(gap(worst['mean'], best['mean'], metric), metric)})"
+            lrs = sorted({c["lr"] for c in w["cells"]})
+            if len(lrs) > 1:
+                text += f", worst of {len(lrs)} lrs"
+            cells.append(text)
+        rows.append([v["name"], v["change"], *cells])
+    header = ["variant", "what changed", *[f"{n} ({'acc %' if reference['workloads'][n]['metric'] == 'accuracy' else 'bpc'})"
+                                          for n in names]]
+    return _table(header, rows)
+
+
 def readme_section(result: dict) -> str:
     """The README's results block: rendered from a committed results.json, so a test can hold the two equal."""
     versions = result.get("environment", {}).get("versions", {})
@@ -404,6 +441,46 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
     for name, w in result["workloads"].items():
         lines += [workload_markdown(w, result["workload_specs"].get(name, {})), ""]
     return "\n".join(lines)
+
+
+def bench_markdown(bench: dict) -> str:
+    """The step-cost table from `training_scripts/bench_optimizer_step.py --output_json`."""
+    rows = [[r["optimizer"], f"{r['ms_per_step']:.1f}", f"{r['time_ratio_to_adamw']:.2f}",
+             f"{r['state_bytes_per_param']:.2f}", f"{r['state_ratio_to_adamw']:.2f}"] for r in bench["rows"]]
+    head = (f"{bench['num_params'] / 1e6:.1f}M parameters, {bench['dtype']}, {bench['device']}, {bench['threads']} "
+            f"thread(s), {bench['clock']} clock, median of {bench['steps']} interleaved steps, torch {bench['torch']}:")
+    return head + "\n\n" + _table(["optimizer", "ms/step", "x AdamW", "state B/param", "x AdamW"], rows)
+
+
+# The README's generated blocks: marker name -> the committed file(s) it is rendered from (model_cards/results/).
+README_BLOCKS = ("suite-results", "ablation", "bench")
+
+
+def readme_blocks(results_dir: str) -> dict[str, str]:
+    """Each README block rendered from the committed results under `results_dir` (model_cards/results)."""
+    suite = load_result(os.path.join(results_dir, "suite", RESULTS_JSON))
+    with open(os.path.join(results_dir, "ablation", "variants.json"), encoding="utf-8") as f:
+        variants = json.load(f)
+    ablations = {}
+    for v in variants["variants"]:
+        path = os.path.join(results_dir, "ablation", v["name"], RESULTS_JSON)
+        if os.path.isfile(path):
+            ablations[v["name"]] = load_result(path)
+    with open(os.path.join(results_dir, "bench_step.json"), encoding="utf-8") as f:
+        bench = json.load(f)
+    return {"suite-results": readme_section(suite), "ablation": ablation_markdown(variants, ablations, suite),
+            "bench": bench_markdown(bench)}
+
+
+def replace_readme_blocks(readme: str, blocks: dict[str, str]) -> str:
+    """README text with every `<!-- name:start -->...<!-- name:end -->` block replaced by blocks[name]."""
+    for name, body in blocks.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in readme or end not in readme:
+            raise ValueError(f"README lacks the markers {start} ... {end}")
+        head, rest = readme.split(start, 1)
+        readme = head + start + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1]
+    return readme
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -504,6 +581,13 @@ def load_result(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--update_readme"]:  # developers: re-render README.md's blocks from model_cards/results/
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(root, "README.md")
+        with open(path, encoding="utf-8") as f:
+            text = replace_readme_blocks(f.read(), readme_blocks(os.path.join(root, "model_cards", "results")))
+        report_mod._write_atomic(path, text)
+        return 0
     if len(argv) != 1:
         print("usage: hf-adaopt report <suite output_dir>", file=sys.stderr)
         return 2

@@ -236,16 +236,17 @@ def test_a_diverged_language_model_counts_as_the_worst_result():
 # ------------------------------------------------------------------------------------ committed results
 
 COMMITTED = os.path.join(REPO, "model_cards", "results", "suite")
-START, END = "<!-- suite-results:start -->", "<!-- suite-results:end -->"
 
 
-def test_readme_results_section_is_the_committed_suite_results():
-    """Every number in the README's suite section is re-rendered from the committed results.json."""
-    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+@pytest.mark.parametrize("block", suite_report.README_BLOCKS)
+def test_readme_blocks_are_the_committed_results(block):
+    """Every number in the README's results, ablation and step-cost blocks is re-rendered from the committed
+    files under model_cards/results/ (`python -m hf_adaopt.suite_report --update_readme` rewrites them)."""
+    rendered = suite_report.readme_blocks(os.path.join(REPO, "model_cards", "results"))[block]
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    assert START in readme and END in readme
-    section = readme.split(START, 1)[1].split(END, 1)[0].strip()
-    assert section == suite_report.readme_section(result).strip()
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    assert start in readme and end in readme
+    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered.strip()
 
 
 def test_committed_suite_results_cover_the_full_grid():
