@@ -381,7 +381,9 @@ def readme_section(result: dict) -> str:
     versions = result.get("environment", {}).get("versions", {})
     lines = [
         f"`{result.get('command')}` — {result['n_runs']} runs, seeds {result.get('seeds')}, revision "
-        f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`.", "",
+        f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`. The runs took "
+        f"{result['run_seconds'] / 3600:.1f} h of process time, {result['run_seconds'] / 7200:.1f} h on two cores "
+        "(other jobs shared the machine part of the time: read the per-run seconds as upper bounds).", "",
         workloads_markdown(result), "",
         "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
         "character; negative is worse; `#` = rank among the defaults):", "",
