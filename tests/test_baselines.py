@@ -28,7 +28,7 @@ def _problem(seed: int = 0):
 
 
 def test_names_match_the_contract():
-    assert OPTIMIZERS == ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog")
+    assert OPTIMIZERS == ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog", "ppsf")
     assert set(CORE_OPTIMIZERS) <= set(available_optimizers())
 
 

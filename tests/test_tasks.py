@@ -32,7 +32,7 @@ def training_args(tmp_path):
 
 
 def test_task_names_and_modules_expose_the_contract():
-    assert TASK_NAMES == ("digits", "mnist", "cifar10", "imdb", "squad")
+    assert TASK_NAMES == ("digits", "mnist", "cifar10", "imdb", "squad", "charlm", "textcls")
     for name in ("digits", "mnist", "cifar10"):
         module = get_task(name)
         assert callable(module.prepare) and isinstance(module.DEFAULT_EPOCHS, int)

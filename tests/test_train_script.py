@@ -222,7 +222,7 @@ def test_accelerate_configs_load(name, distributed_type, mixed_precision):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--task", "foo"], "Unknown --task 'foo'; choose one of digits, mnist, cifar10, imdb, squad."),
+        (["--task", "foo"], "Unknown --task 'foo'; choose one of digits, mnist, cifar10, imdb, squad, charlm, textcls."),
         (["--task", "digits", "--optimizer", "foo"], "Unknown --optimizer 'foo'; choose one of adaopt"),
     ],
 )
