@@ -26,9 +26,11 @@ The step of every tensor :math:`i` is
 * :math:`\rho_t` -- **variance factor**: the share of the gradient that is signal, :math:`S/(S+N)`, with the
   signal :math:`S=\|E g\|^2` and the noise :math:`N=\operatorname{tr}\Sigma` of the mini-batch gradient read
   from the same two EMAs (McCandlish et al. 2018: the useful step shrinks as :math:`1/(1+N/S)`). A secant
-  measured with noisy gradients is itself noisy, so the exponent above is scaled by :math:`\rho_t` in both
-  directions: the step adapts fast while the gradient carries signal and stops moving at the noise floor (the
-  first version damped shrinking only; noise then ratcheted the step up, which needed a cap). Optionally
+  measured with noisy gradients is itself noisy, so the exponent above is scaled in both directions by the
+  signal share of the momentum, :math:`S/(S+c_k N)` (the secant's EMAs average over ~:math:`1/(1-\beta_1)`
+  steps, :math:`c_k` the momentum's variance relative to one gradient's): the step adapts fast while the
+  averaged gradient carries signal and slowly at the noise floor (the first version damped shrinking only, by
+  the per-gradient share; noise then ratcheted the step up, which needed a cap). Optionally
   (``variance_power`` p > 0, off by default), :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step
   towards tensors with more signal.
 * Guards. A **loss guard** halves :math:`d` when the training loss -- given by ``set_loss`` (`AdaOptCallback`
@@ -154,9 +156,13 @@ class AdaOpt(Optimizer):
             measured to overshoot on the language model).
         trust_bounds: the first version's caps on the step (1%) and base scale (3%) relative to the weights'
             RMS (default False).
-        The defaults of the last six were chosen by ablation on the suite (README); the first version is
+        momentum_noise: damp the secant by the signal share of the momentum, S / (S + c N) with c the momentum's
+            variance factor (about (1 - beta1) / (1 + beta1)), rather than of one gradient (default True): the
+            secant reads EMAs over ~1/(1 - beta1) steps, so its noise is the momentum's. The target keeps the
+            per-gradient share, so that it is still ~0 at the noise floor.
+        The defaults of the last seven were chosen by ablation on the suite (README); the first version is
         ``adapt_rate=0.1, initial_scale=None, secant_target=0, signal_scaled_target=False,
-        symmetric_damping=False, trust_bounds=True``.
+        symmetric_damping=False, trust_bounds=True, momentum_noise=False``.
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
@@ -182,6 +188,7 @@ class AdaOpt(Optimizer):
         symmetric_damping: bool = True,
         trusted_growth: bool = False,
         signal_scaled_target: bool = True,
+        momentum_noise: bool = True,
         foreach: bool | None = None,
     ):
         _check_lr(lr)
@@ -226,6 +233,7 @@ class AdaOpt(Optimizer):
             symmetric_damping=bool(symmetric_damping),
             trusted_growth=bool(trusted_growth),
             signal_scaled_target=bool(signal_scaled_target),
+            momentum_noise=bool(momentum_noise),
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -259,7 +267,7 @@ class AdaOpt(Optimizer):
             group.setdefault("foreach", None)
             for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
                                ("symmetric_damping", False), ("trusted_growth", False),
-                               ("signal_scaled_target", False)):
+                               ("signal_scaled_target", False), ("momentum_noise", False)):
                 group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in _CONTROLLER_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -441,7 +449,8 @@ class AdaOpt(Optimizer):
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
-                  "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "foreach")
+                  "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "momentum_noise",
+                  "foreach")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -597,11 +606,12 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
 
     # Variance factor per tensor, from the EMAs before this step's gradient: with c_k the variance of the
     # debiased EMA m_hat relative to the gradient's, E[m_hat^2] = S + c_k sigma^2 and E[v_hat] = S + sigma^2.
-    phis, fractions, weights = [], [], []
+    phis, fractions, averaged, weights = [], [], [], []
     for i in range(n):
         group = groups[tensors["group_index"][i]]
         k = tensors["steps"][i]
         fraction = 1.0  # S / (S + N): the share of the gradient that is signal
+        smoothed = 1.0  # S / (S + c_k N): the same for the momentum, which averages 1/(1-beta1) gradients
         if k >= warmup and k > 0:
             b1, b2 = tensors["betas"][i]
             bc1, bc2 = _bias_corrections(k, b1, b2)
@@ -611,11 +621,16 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
             signal = max(m_hat_sq - ck * noise, 0.0)
             if signal + noise > 0.0:
                 fraction = max(signal / (signal + noise), group["min_variance_factor"])
+                smoothed = max(signal / (signal + ck * noise), group["min_variance_factor"])
         fractions.append(fraction)
+        averaged.append(smoothed)
         phis.append(fraction ** group["variance_power"])
         weights.append(tensors["params"][i].numel())
     total = float(sum(weights)) or 1.0
     signal_fraction = sum(w * f for w, f in zip(weights, fractions)) / total
+    # the secant reads EMAs over ~1/(1-beta1) steps: their noise is the momentum's (momentum_noise)
+    rate_fraction = sum(w * f for w, f in zip(weights, averaged)) / total if g0.get("momentum_noise", True) \
+        else signal_fraction
     # The gate redistributes the step across tensors (towards those with more signal) at a constant mean:
     # the overall scale is the landscape controller's job, and scaling it down here as well would only
     # make the controller push back (measured on digits: lower accuracy than the redistributing gate).
@@ -646,7 +661,7 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         # growth reading so strong, r >= TRUSTED_GROWTH_R, that noise alone rarely makes it).
         trusted = g0.get("trusted_growth", False) and r >= TRUSTED_GROWTH_R
         damped = r <= target or (g0.get("symmetric_damping", False) and not trusted)
-        mu = ((1.0 - target) / (1.0 - r)) ** (kappa * signal_fraction if damped else kappa)
+        mu = ((1.0 - target) / (1.0 - r)) ** (kappa * rate_fraction if damped else kappa)
     d = c["base_scale"] * mu
     c["prev_grad_norm"] = grad_norm
 
