@@ -341,14 +341,15 @@ def workloads_markdown(result: dict) -> str:
 
 def ablation_markdown(variants: dict, results: dict[str, dict], reference: dict) -> str:
     """The ablation table: per variant, AdaOpt's worst result over the lrs it ran, per workload; the gap to the
-    suite's best-tuned AdamW where the workload's settings are the suite's (`variants["comparable_workloads"]`)."""
-    comparable = set(variants.get("comparable_workloads", []))
+    suite's best-tuned AdamW where the workload's settings were the suite's (`comparable_workloads`, per variant
+    or for all)."""
     names = [n for n in reference["workloads"] if any(n in r["workloads"] for r in results.values())]
     rows = []
     for v in variants["variants"]:
         result = results.get(v["name"])
         if result is None:
             continue
+        comparable = set(v.get("comparable_workloads", variants.get("comparable_workloads", [])))
         cells = []
         for n in names:
             w = result["workloads"].get(n)
