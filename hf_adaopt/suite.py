@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -259,7 +260,7 @@ def _write_config(output_dir: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _run_shards(argv: Sequence[str], output_dir: str, num_proc: int, total: int, console) -> int:
+def _run_shards(argv: Sequence[str], output_dir: str, num_proc: int, run_ids: Sequence[str], console) -> int:
     """Run `num_proc` shard processes of this command; one progress bar over results.jsonl."""
     from tqdm.auto import tqdm
 
@@ -272,6 +273,7 @@ def _run_shards(argv: Sequence[str], output_dir: str, num_proc: int, total: int,
                "--no_report"]
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env))
     results = os.path.join(output_dir, "results.jsonl")
+    planned, total = {rid.encode() for rid in run_ids}, len(run_ids)
     try:
         with tqdm(total=total, desc=f"suite ({num_proc} processes)", unit="run", file=console,
                   dynamic_ncols=True) as bar:
@@ -280,8 +282,8 @@ def _run_shards(argv: Sequence[str], output_dir: str, num_proc: int, total: int,
                 time.sleep(2.0)
                 if os.path.isfile(results) and os.path.getsize(results) != size:
                     size = os.path.getsize(results)
-                    with open(results, "rb") as f:
-                        done = f.read().count(b"\n")  # whole lines = finished runs (earlier grids included)
+                    with open(results, "rb") as f:  # whole lines of this grid's runs (not older grids')
+                        done = len(planned & set(re.findall(rb'"run_id": "([^"]+)"', f.read())))
                     bar.n = min(done, total)
                     bar.refresh()
     except KeyboardInterrupt:
@@ -341,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(todo)} to run", file=console, flush=True)
     if settings["num_proc"] > 1 and shard_count == 1 and len(todo) > 1:
         child_argv = [a for a in argv]
-        status = _run_shards(child_argv, output_dir, min(settings["num_proc"], len(todo)), len(jobs), console)
+        status = _run_shards(child_argv, output_dir, min(settings["num_proc"], len(todo)), [j.rid for j in jobs],
+                             console)
     else:
         import torch
 
