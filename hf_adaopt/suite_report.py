@@ -318,8 +318,11 @@ def adaopt_sweep_markdown(result: dict) -> str:
         cells = []
         for lr in lrs:
             c = by_lr.get(lr)
-            cells.append("–" if c is None else ("diverged" if not math.isfinite(c["mean"]) else
-                                                f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"))
+            if c is None or not math.isfinite(c["mean"]):
+                cells.append("–" if c is None else "diverged")
+            else:
+                spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
+                cells.append(f"{c['mean']:.{digits}f}{spread}")
         best = w["best_adamw"]
         unit = "acc %" if w["metric"] == "accuracy" else "bpc"
         rows.append([f"{w['name']} ({unit})", *cells, f"{best['mean']:.{digits}f} (lr {_lr(best['lr'])})",
