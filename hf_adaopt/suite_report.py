@@ -221,7 +221,7 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "workload_specs": config.get("workloads", {}), "seeds": config.get("seeds"),
         "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
-        "workloads": workloads, "summary": summary,
+        "workloads": workloads, "workload_order": list(workloads), "summary": summary,
         "adaopt_worst_gap": ada_worst,
     }
 
@@ -295,9 +295,9 @@ def verdict_lines(result: dict) -> list[str]:
         a = w.get("adaopt")
         if not a or "best_adamw" not in w:
             continue
-        unit = "points" if w["metric"] == "accuracy" else "% of bpc"
+        unit = " point" if w["metric"] == "accuracy" else "% of bpc"
         lines.append(
-            f"- **{name}**: AdaOpt is within {TOLERANCE:g} {unit} of the best-tuned AdamW "
+            f"- **{name}**: AdaOpt is within {TOLERANCE:g}{unit} of the best-tuned AdamW "
             f"(lr {_lr(w['best_adamw']['lr'])}) from {a['decades_within']} of its {a['n_lrs']} initial lrs; "
             f"worst case {_fmt_gap(a['worst_gap'], w['metric'])} at lr {_lr(a['worst_lr'])}."
         )
@@ -582,7 +582,11 @@ def build_report(output_dir: str) -> dict:
 def load_result(path: str) -> dict:
     """A suite's results.json (e.g. the committed one under model_cards/results/), as written by build_report."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        result = json.load(f)
+    # results.json is written with sorted keys: put the workloads back in the suite's order
+    order = result.get("workload_order") or list(result["workloads"])
+    result["workloads"] = {name: result["workloads"][name] for name in order}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,3 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary_markdown(result))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
