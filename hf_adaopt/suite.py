@@ -56,6 +56,10 @@ class Workload:
 COMMON_ARGS = ("--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval_strategy", "no",
                "--logging_steps", "10", "--save_strategy", "no")
 
+# The two fine-tunes share their data and budget (40 steps of 16 quotations of 32 tokens: the CPU budget).
+FINETUNE_ARGS = ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
+                 "--per_device_train_batch_size", "16")
+
 WORKLOADS = {
     w.name: w
     for w in (
@@ -80,17 +84,13 @@ WORKLOADS = {
             "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
         ),
         Workload(
-            "finetune", "textcls",
-            ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
-             "--per_device_train_batch_size", "16"),
+            "finetune", "textcls", FINETUNE_ARGS,
             "accuracy", "full fine-tuning of a pretrained BERT: where lr-free methods destroy the features",
             "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
             "all-MiniLM-L6-v2 (6-layer BERT, 22M params) + new head",
         ),
         Workload(
-            "lora", "textcls",
-            ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
-             "--per_device_train_batch_size", "16", "--lora_r", "8"),
+            "lora", "textcls", (*FINETUNE_ARGS, "--lora_r", "8"),
             "accuracy", "the same fine-tune with a LoRA adapter (peft): what users of lr-free optimizers ask for most",
             "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
             "all-MiniLM-L6-v2 frozen + LoRA r=8 on query/value + head (76k trainable params)",

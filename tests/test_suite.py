@@ -258,3 +258,16 @@ def test_committed_suite_results_cover_the_full_grid():
         assert sum(c["optimizer"] == "adamw" for c in w["cells"]) == 11
         assert min(c["n"] for c in w["cells"]) >= 2
     assert set(available_optimizers()) <= set(result["summary"])
+
+
+def test_committed_suite_results_are_from_the_current_optimizer_and_workloads():
+    """The committed run ids hash optimizer.py and every workload's settings: editing either without rerunning
+    `hf-adaopt suite` (and committing its results) fails here, so the README cannot quote a stale AdaOpt."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the committed suite ran on CPU (bf16 there needs --use_cpu, part of the run ids)")
+    config = json.load(open(os.path.join(COMMITTED, "suite_config.json"), encoding="utf-8"))
+    grid = suite.build_suite_grid(list(config["workloads"]), config["optimizers"], config["seeds"], config["lrs"])
+    jobs = suite.plan_jobs(grid, "out/suite", config["passthrough"])
+    assert [j.rid for j in jobs] == config["run_ids"]
