@@ -21,24 +21,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
-import platform
-import re
 import shlex
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from hf_adaopt import report as report_mod
-from hf_adaopt import stats
+from hf_adaopt import results, stats
 from hf_adaopt.logs import get_logger
+from hf_adaopt.results import json_safe
 
 logger = get_logger(__name__)
 
@@ -53,72 +49,16 @@ DEFAULT_SEEDS = 5
 COMPARE_DEFAULTS = {"digits": {"num_train_epochs": 10, "eval_strategy": "steps", "eval_steps": 0.02}}
 # Trajectories longer than this are stored downsampled in results.jsonl (the stability metrics use all points).
 MAX_TRAJECTORY_POINTS = 1000
-RUNS_SUBDIR = "runs"
 ARTEFACTS = (
-    "results.jsonl",
-    "results.json",
-    "report.md",
-    "compare_config.json",
+    results.RESULTS_FILE,
+    results.RESULTS_JSON,
+    results.REPORT_FILE,
+    results.CONFIG_FILE,
     *report_mod.PLOT_FILES.values(),
 )
 
-# TrainingArguments fields that do not change what a run computes, or that compare sets per run: left out of
-# the configuration hash, so that e.g. a different --report_to does not invalidate finished runs.
-_HASH_EXCLUDED = {
-    "output_dir",
-    "logging_dir",
-    "run_name",
-    "seed",
-    "learning_rate",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_strategy",
-    "hub_token",
-    "hub_private_repo",
-    "hub_always_push",
-    "hub_revision",
-    "report_to",
-    "disable_tqdm",
-    "log_level",
-    "log_level_replica",
-    "log_on_each_node",
-    "overwrite_output_dir",
-    "resume_from_checkpoint",
-    "dataloader_num_workers",
-    "dataloader_pin_memory",
-    "dataloader_persistent_workers",
-    "dataloader_prefetch_factor",
-    "save_strategy",
-    "save_steps",
-    "save_total_limit",
-    "save_only_model",
-    "save_safetensors",
-    "save_on_each_node",
-    "trackio_space_id",
-    "project",
-    "local_rank",
-    "logging_first_step",
-    "skip_memory_metrics",
-}
 # Compare options that must not reach the per-run parser because compare sets them per run.
 _PER_RUN_OPTIONS = ("--seed", "--optimizer", "--output_dir", "--push_to_hub", "--hub_model_id", "--task")
-# The training settings recorded with every run (the same subset as run_config.json).
-_RECORDED_TRAINING_ARGS = (
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "bf16",
-    "eval_strategy",
-    "eval_steps",
-    "logging_steps",
-)
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -339,28 +279,6 @@ def run_argv(spec: RunSpec, passthrough: Sequence[str], run_dir: str, epochs: fl
     return argv
 
 
-def canonical_config(task_args, opt_args, training_args) -> dict:
-    """What determines a run's result apart from its grid coordinates (optimizer, seed, lr)."""
-    targs = {k: v for k, v in training_args.to_dict().items() if k not in _HASH_EXCLUDED and "token" not in k}
-    task = {k: v for k, v in asdict(task_args).items() if k != "cache_dir"}
-    opt = {k: v for k, v in asdict(opt_args).items() if k != "optimizer"}
-    return {"task_args": task, "optimizer_args": opt, "training_args": targs}
-
-
-def config_hash(config: dict) -> str:
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def recorded_config(task_args, opt_args, training_args) -> dict:
-    """The compact configuration stored with every run (shown in the report)."""
-    targs = {k: getattr(training_args, k) for k in _RECORDED_TRAINING_ARGS if hasattr(training_args, k)}
-    targs = {k: (v.value if hasattr(v, "value") else v) for k, v in targs.items()}
-    task = {k: v for k, v in asdict(task_args).items() if v is not None and k != "cache_dir"}
-    opt = {k: v for k, v in asdict(opt_args).items() if k != "optimizer"}
-    return {**task, **opt, **targs}
-
-
 def run_id(spec: RunSpec, chash: str) -> str:
     lr = "default" if spec.lr is None else f"{spec.lr:g}"
     return f"{spec.task}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
@@ -368,69 +286,6 @@ def run_id(spec: RunSpec, chash: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # environment and records
-
-
-# distribution names of the packages whose versions a comparison records
-_VERSIONED = (
-    "hf-adaopt",
-    "torch",
-    "transformers",
-    "accelerate",
-    "datasets",
-    "numpy",
-    "scipy",
-    "prodigyopt",
-    "dadaptation",
-    "schedulefree",
-    "dog-optimizer",
-)
-
-
-def _git_revision() -> str | None:
-    """`<short hash>[+dirty]` of the hf_adaopt source checkout, when it is one (AdaOpt changes between commits)."""
-    import subprocess
-
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(src, ".git")):
-        return None
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", src, *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-
-    try:
-        rev = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
-
-
-def environment() -> dict:
-    """Versions (of the installed distributions), device and platform, for the report."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    revision = _git_revision()
-    if revision:
-        versions["hf-adaopt git"] = revision
-    return {"versions": versions, "device": device_description(), "platform": platform.platform()}
-
-
-def device_description() -> str:
-    """The device, with torch's intra-op thread count on CPU: taken again after each run, because a task may set
-    the threads (digits runs with one), so the count before the first run is not what the runs used."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
-    cpu = platform.processor() or platform.machine()
-    return f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def _downsample(traj: dict, max_points: int = MAX_TRAJECTORY_POINTS) -> dict:
@@ -441,12 +296,6 @@ def _downsample(traj: dict, max_points: int = MAX_TRAJECTORY_POINTS) -> dict:
         return lists
     idx = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
     return {k: [v[i] for i in idx] for k, v in lists.items()}
-
-
-def _clean_number(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def training_time(history: Sequence[dict], train_runtime: float | None) -> float | None:
@@ -487,11 +336,11 @@ def make_record(
             curve[entry["step"]] = {
                 "step": entry["step"],
                 "epoch": entry.get("epoch"),
-                "eval_loss": _clean_number(entry.get("eval_loss")),
-                "eval_accuracy": _clean_number(entry.get("eval_accuracy")),
+                "eval_loss": json_safe(entry.get("eval_loss")),
+                "eval_accuracy": json_safe(entry.get("eval_accuracy")),
             }
     eval_curve = [curve[s] for s in sorted(curve)]
-    train_curve = [{"step": e["step"], "loss": _clean_number(e["loss"])} for e in history if "loss" in e]
+    train_curve = [{"step": e["step"], "loss": json_safe(e["loss"])} for e in history if "loss" in e]
     traj = result.get("lr_trajectory") or {}
     lr_values = [v for v in traj.get("lr", []) if v is not None and math.isfinite(v)]
     lr_stats = stats.lr_stability(lr_values)
@@ -500,12 +349,12 @@ def make_record(
         "train_time_s": training_time(history, tr.get("train_runtime")),
         "train_runtime_s": tr.get("train_runtime"),
         "final_eval_accuracy": ev.get("eval_accuracy"),
-        "final_eval_loss": _clean_number(ev.get("eval_loss")),
+        "final_eval_loss": json_safe(ev.get("eval_loss")),
         "best_eval_accuracy": max(
             (p["eval_accuracy"] for p in eval_curve if p["eval_accuracy"] is not None), default=None
         ),
         "total_steps": max([e.get("step", 0) for e in history] + list(traj.get("step", [])) + [0]),
-        **{f"lr_{k}": _clean_number(v) for k, v in lr_stats.items() if k != "n"},
+        **{f"lr_{k}": json_safe(v) for k, v in lr_stats.items() if k != "n"},
     }
     if threshold is not None:
         acc = [
@@ -526,8 +375,8 @@ def make_record(
         "lr_grid": spec.lr,
         "run_id": rid,
         "config_hash": chash,
-        "eval": {k: _clean_number(v) for k, v in ev.items()},
-        "train": {k: _clean_number(v) for k, v in tr.items()},
+        "eval": json_safe(ev),
+        "train": json_safe(tr),
         "eval_curve": eval_curve,
         "train_loss_curve": train_curve,
         "lr_trajectory": _downsample(traj),
@@ -537,106 +386,9 @@ def make_record(
         "run_dir": os.path.relpath(run_dir),
         "train_command": "hf-adaopt train " + shlex.join(argv),
         "command": command,
-        "environment": {**env["versions"], "device": device_description()},  # the threads this run used
+        "environment": {**env["versions"], "device": results.device_description()},  # the threads this run used
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-@contextlib.contextmanager
-def _locked(fd: int):
-    """An exclusive flock on fd while the block runs: shards append to one results.jsonl."""
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except (ImportError, OSError):  # no flock (Windows, some network filesystems): single writer assumed
-        fcntl = None
-    try:
-        yield
-    finally:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _cut_partial_line(fd: int) -> bytes:
-    """Truncate what follows the last newline of the file (a line whose write was killed); return those bytes."""
-    size = os.fstat(fd).st_size
-    end = size
-    while end > 0:  # backwards in blocks: results.jsonl lines are ~100 KB, the file can be large
-        start = max(0, end - 65536)
-        newline = os.pread(fd, end - start, start).rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    if end == size:
-        return b""
-    tail = os.pread(fd, size - end, end)
-    os.ftruncate(fd, end)
-    os.fsync(fd)
-    return tail
-
-
-def describe_partial_line(tail: bytes) -> str:
-    """What a cut-off results line held, for the warning: its run_id when the cut came after it."""
-    found = re.search(rb'"run_id": "([^"]+)"', tail)
-    what = f"run {found.group(1).decode(errors='replace')}" if found else "a run whose id was not yet written"
-    return f"{len(tail)} bytes of {what}"
-
-
-def repair_results(path: str) -> str | None:
-    """Cut a partial last line (a kill during its write) off results.jsonl; None, or what was dropped.
-
-    Every line that ends in a newline is whole (append_record writes each in one write), so the cut loses only the
-    interrupted run, which is then missing from the file and runs again.
-    """
-    if not os.path.isfile(path):
-        return None
-    fd = os.open(path, os.O_RDWR)
-    try:
-        with _locked(fd):  # a shard that is writing holds the lock: its line is not cut
-            tail = _cut_partial_line(fd)
-    finally:
-        os.close(fd)
-    if not tail:
-        return None
-    dropped = describe_partial_line(tail)
-    logger.warning(
-        "%s ended in a partial line (a write interrupted by a kill): dropped %s; that run will run again",
-        path,
-        dropped,
-    )
-    return dropped
-
-
-def append_record(path: str, record: dict) -> None:
-    """Append one run's JSON line so that a kill at any byte leaves only whole lines and at most one partial last line.
-
-    The line goes out in one write on an O_APPEND descriptor and is fsynced before the next run starts; under the
-    lock a partial line left by a killed writer is cut off first, so the new line never continues it.
-    """
-    data = (json.dumps(record, allow_nan=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        with _locked(fd):
-            tail = _cut_partial_line(fd)
-            if tail:
-                logger.warning("%s: dropped a partial last line (%s) before appending", path, describe_partial_line(tail))
-            written = os.write(fd, data)
-            while written < len(data):  # a short write happens on a full disk only; the next append cuts it off
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def finished_run_ids(output_dir: str) -> set[str]:
-    """The run_ids in results.jsonl, after cutting off a partial last line (that run is not finished)."""
-    path = os.path.join(output_dir, report_mod.RESULTS_FILE)
-    if not os.path.isfile(path):
-        return set()
-    repair_results(path)
-    return {r["run_id"] for r in report_mod.load_results(output_dir)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -657,14 +409,14 @@ def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
         for name in ARTEFACTS:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(output_dir, name))
-        shutil.rmtree(os.path.join(output_dir, RUNS_SUBDIR), ignore_errors=True)
-    ensure_writable_dir(os.path.join(output_dir, RUNS_SUBDIR))
-    existing = report_mod.load_config(output_dir)
+        shutil.rmtree(os.path.join(output_dir, results.RUNS_SUBDIR), ignore_errors=True)
+    ensure_writable_dir(os.path.join(output_dir, results.RUNS_SUBDIR))
+    existing = results.load_config(output_dir)
     old = existing.get("config_hash")
-    results = os.path.join(output_dir, report_mod.RESULTS_FILE)
-    if os.path.isfile(results):
-        repair_results(results)
-        runs = report_mod.load_results(output_dir)
+    results_path = os.path.join(output_dir, results.RESULTS_FILE)
+    if os.path.isfile(results_path):
+        results.repair_results(results_path)
+        runs = results.load_results(output_dir)
         if old is None:
             old = next(iter({r.get("config_hash") for r in runs} - {None}), None)
     if old is not None and old != chash:
@@ -673,19 +425,6 @@ def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
             f"command's is {chash}: epochs, task or training options differ). Pass --overwrite_output_dir to "
             "delete it and start over, or choose another --output_dir."
         )
-
-
-def write_config(output_dir: str, payload: dict) -> None:
-    path = os.path.join(output_dir, report_mod.CONFIG_FILE)
-    old = report_mod.load_config(output_dir)
-    commands = list(old.get("commands", []))
-    if payload["command"] not in commands:
-        commands.append(payload["command"])
-    payload = {**payload, "commands": commands}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -759,7 +498,7 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
 
     from hf_adaopt import run as run_mod
 
-    results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
+    results_path = os.path.join(output_dir, results.RESULTS_FILE)
     with tqdm(total=len(jobs), desc=desc, unit="run", file=console, dynamic_ncols=True) as bar:
         for job in jobs:
             spec, rid = job.spec, job.rid
@@ -791,11 +530,11 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
                 return 2 if isinstance(e, (run_mod.DataFileError, run_mod.DataUnavailableError)) else 1  # 2: bad input
             elapsed = time.perf_counter() - start
             record = make_record(
-                spec, rid, job.chash, result, tr_args, recorded_config(t_args, o_args, tr_args), elapsed, env,
+                spec, rid, job.chash, result, tr_args, results.recorded_config(t_args, o_args, tr_args), elapsed, env,
                 command, job.argv, run_dir, threshold,
             )
             record.update(job.extra)
-            append_record(results_path, record)
+            results.append_record(results_path, record)
             stop_if_interrupted()  # a Ctrl-C that a finalizer swallowed during the run: stop now, the run is saved
             acc = record["eval"].get("eval_accuracy")
             bar.set_postfix_str(
@@ -975,7 +714,7 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
         _check_push_target(args)
         passthrough = task_defaults(task, passthrough, epochs) + passthrough
         p_task, p_opt, p_train = check_run_arguments(task, optimizers, lrs, passthrough, epochs, output_dir)
-        shared_hash = config_hash(canonical_config(p_task, p_opt, p_train))
+        shared_hash = results.config_hash(results.canonical_config(p_task, p_opt, p_train))
         prepare_output_dir(output_dir, shared_hash, args.overwrite_output_dir and not check_only)
     except ValueError as e:
         parser.error(str(e))
@@ -986,15 +725,15 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
 
     _quiet_libraries()
     command = "hf-adaopt compare " + shlex.join(argv)
-    env = environment()
-    write_config(
+    env = results.environment()
+    results.write_config(
         output_dir,
         {
             "command": command,
             "args": vars(args),
             "passthrough": passthrough,
             "config_hash": shared_hash,
-            "run_config": canonical_config(p_task, p_opt, p_train),
+            "run_config": results.canonical_config(p_task, p_opt, p_train),
             "threshold": args.threshold,
             "threshold_fraction": args.threshold_fraction,
             "grid": {"task": task, "optimizers": optimizers, "seeds": seeds, "learning_rates": lrs},
@@ -1004,13 +743,13 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
 
     grid = build_grid(task, optimizers, seeds, lrs)
     mine = shard_grid(grid, shard_index, shard_count)
-    done = finished_run_ids(output_dir)
+    done = results.finished_run_ids(output_dir)
     plans = []
     for spec in mine:
-        run_dir = os.path.join(output_dir, RUNS_SUBDIR, "pending")
+        run_dir = os.path.join(output_dir, results.RUNS_SUBDIR, "pending")
         spec_argv = run_argv(spec, passthrough, run_dir, epochs)
         t_args, o_args, tr_args = run_mod.parse_args(spec_argv)
-        chash = config_hash(canonical_config(t_args, o_args, tr_args))
+        chash = results.config_hash(results.canonical_config(t_args, o_args, tr_args))
         rid = run_id(spec, chash)
         if rid not in done:
             plans.append((spec, rid, chash))
@@ -1022,8 +761,8 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
         flush=True,
     )
 
-    results_path = os.path.join(output_dir, report_mod.RESULTS_FILE)
-    jobs = [Job(spec, rid, chash, run_argv(spec, passthrough, os.path.join(output_dir, RUNS_SUBDIR, rid), epochs))
+    results_path = os.path.join(output_dir, results.RESULTS_FILE)
+    jobs = [Job(spec, rid, chash, run_argv(spec, passthrough, os.path.join(output_dir, results.RUNS_SUBDIR, rid), epochs))
             for spec, rid, chash in plans]
     failed = run_jobs(jobs, output_dir, env, command, threshold=args.threshold, console=console)
     if failed:

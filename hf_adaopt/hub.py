@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_adaopt import results as store
 from hf_adaopt.logs import get_logger
 
 logger = get_logger(__name__)
 
-RUN_MARKERS = ("eval_results.json", "run_config.json")
-COMPARISON_MARKERS = ("results.jsonl", "results.json", "report.md")
+RUN_MARKERS = ("eval_results.json", store.RUN_CONFIG_FILE)
+COMPARISON_MARKERS = (store.RESULTS_FILE, store.RESULTS_JSON, store.REPORT_FILE)
 # A model repo without weights is useless: one of these must sit next to config.json.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Never uploaded: the card is re-rendered, and training_args.bin is a pickle with local paths in it.
@@ -131,19 +132,6 @@ def _read_json(path: Path, default: Any = None) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{str(path)!r} is not valid JSON ({err}); rerun the command that wrote it") from err
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            # An interrupted comparison can leave a torn last line; the finished runs before it still count.
-            logger.warning("%s line %d is not valid JSON; skipped", path, number)
-    return records
 
 
 def _files_to_upload(directory: Path) -> list[Path]:
@@ -320,7 +308,7 @@ def build_model_card(output_dir: str | os.PathLike, repo_id: str, plots: list[st
 
     d = Path(output_dir)
     eval_results = _read_json(d / "eval_results.json", {})
-    run_config = _read_json(d / "run_config.json", {})
+    run_config = _read_json(d / store.RUN_CONFIG_FILE, {})
     config = _read_json(d / "config.json", {})
     trajectory = _read_json(d / "lr_trajectory.json")
     if not isinstance(eval_results, dict) or not isinstance(run_config, dict):
@@ -482,11 +470,9 @@ def build_results_card(output_dir: str | os.PathLike, repo_id: str, plots: list[
     from huggingface_hub import DatasetCard, DatasetCardData
 
     d = Path(output_dir)
-    records = _read_jsonl(d / "results.jsonl")
-    results = _read_json(d / "results.json", {})
-    config = _read_json(d / "compare_config.json", {}) or {}
-    if not isinstance(config, dict):
-        config = {}
+    records = store.load_results(str(d))  # one record per run_id, as the report counts them
+    results = _read_json(d / store.RESULTS_JSON, {})
+    config = store.load_config(str(d))
     tasks = sorted({str(r["task"]) for r in records if r.get("task")})
     if not tasks:
         tasks = [str(t) for t in ([results.get("task")] if isinstance(results, dict) and results.get("task") else [])]

@@ -21,15 +21,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from hf_adaopt import stats
+from hf_adaopt import results, stats
 from hf_adaopt.logs import get_logger
 
 logger = get_logger(__name__)
 
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "compare_config.json"
 REFERENCE = "adaopt"
 # Display order: ours first, then the torch baselines, then the learning-rate-free peers.
 OPTIMIZER_ORDER = ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog", "ppsf")
@@ -56,69 +52,6 @@ PLOT_FILES = {
 
 # ---------------------------------------------------------------------------------------------------------
 # loading
-
-
-def load_results(output_dir: str) -> list[dict]:
-    """The runs in `<output_dir>/results.jsonl`, one per run_id (the last line wins), in file order.
-
-    A partial last line (a run killed while writing it) is skipped with a warning; other invalid lines raise
-    ValueError naming the file, the line and the fix.
-    """
-    path = os.path.join(output_dir, RESULTS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: `hf-adaopt report` needs a directory written by `hf-adaopt compare`"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc}): not a file written by `hf-adaopt compare`") from None
-    lines = text.splitlines()
-    runs: dict[str, dict] = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1 and not text.endswith("\n"):  # still being written, or its writer was killed
-                logger.warning(
-                    "%s: skipping a partial last line (%d characters, an interrupted write); `hf-adaopt compare` with "
-                    "the same arguments cuts it off and runs that run again",
-                    path,
-                    len(line),
-                )
-                continue
-            raise ValueError(
-                f"{path}, line {i + 1}: not valid JSON; delete that line (its run then runs again on the next "
-                "`hf-adaopt compare`) or repair it"
-            ) from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("run_id"), str):
-            raise ValueError(
-                f"{path}, line {i + 1}: not a run record of hf-adaopt compare (no \"run_id\"); delete that line, or "
-                "point to a directory written by hf-adaopt compare"
-            )
-        runs[rec["run_id"]] = rec
-    return list(runs.values())
-
-
-def load_config(output_dir: str) -> dict:
-    """compare_config.json of a comparison ({} when there is none)."""
-    path = os.path.join(output_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"{path} is not valid JSON ({exc}); delete it (`hf-adaopt compare` writes it again, the runs in "
-            "results.jsonl are kept) or pass --overwrite_output_dir to start over"
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a JSON object; delete it (`hf-adaopt compare` writes it again)")
-    return config
 
 
 def _order_key(name: str) -> tuple[int, str]:
@@ -834,26 +767,6 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
 # files
 
 
-def _json_safe(obj: Any) -> Any:
-    """nan/inf -> None (strict JSON), numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def build_report(
     output_dir: str,
     threshold: float | None = None,
@@ -868,8 +781,8 @@ def build_report(
     threshold / threshold_fraction default to what compare_config.json recorded (else 95% of the best).
     Returns the results.json content.
     """
-    config = load_config(output_dir)
-    runs = load_results(output_dir)
+    config = results.load_config(output_dir)
+    runs = results.load_results(output_dir)
     if threshold is None and threshold_fraction is None:
         threshold = config.get("threshold")
     if threshold_fraction is None:
@@ -879,8 +792,8 @@ def build_report(
 
     made = make_plots(result, runs, output_dir, seed) if plots else []
     result["plots"] = made
-    _write_atomic(os.path.join(output_dir, "results.json"), json.dumps(_json_safe(result), indent=1) + "\n")
-    _write_atomic(os.path.join(output_dir, "report.md"), render_markdown(result, made))
+    results.write_atomic(os.path.join(output_dir, results.RESULTS_JSON), json.dumps(results.json_safe(result), indent=1) + "\n")
+    results.write_atomic(os.path.join(output_dir, results.REPORT_FILE), render_markdown(result, made))
     return result
 
 

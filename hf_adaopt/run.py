@@ -29,13 +29,13 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hf_adaopt import results
 from hf_adaopt.baselines import DEFAULT_LR, OPTIMIZERS, build_optimizer
 from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task
@@ -47,21 +47,6 @@ logger = get_logger(__name__)
 # digits (45 steps per epoch).
 DEFAULT_LOGGING_STEPS = 10
 DEFAULT_EVAL_BATCH_SIZE = 128  # evaluation only: does not change the results, only their speed
-
-TRAINING_ARGS_RECORDED = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "seed",
-    "bf16",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "lr_scheduler_type",
-    "world_size",
-)
-
 
 @dataclass
 class OptimizerArguments:
@@ -336,45 +321,6 @@ def _optimizer_kwargs(opt_args: OptimizerArguments, training_args) -> dict[str, 
     return kwargs
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
-        return value.item()
-    return getattr(value, "value", str(value))  # enums -> their value
-
-
-def environment(training_args) -> tuple[dict[str, str], str]:
-    """Package versions and a one-line device description, for run_config.json and reports."""
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    import hf_adaopt
-
-    versions = {
-        "python": platform.python_version(),
-        "hf_adaopt": hf_adaopt.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-    }
-    device = training_args.device
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        threads = torch.get_num_threads()
-        name = f"{name}, {threads} thread{'s' if threads != 1 else ''}"
-    return versions, f"{device.type} ({name}) x{training_args.world_size}"
-
-
 def run_training(
     task_args: TaskArguments, opt_args: OptimizerArguments, training_args, *, command: str | None = None
 ) -> dict:
@@ -434,22 +380,21 @@ def run_training(
 
     inner = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     if trainer.is_world_process_zero():
-        versions, device = environment(training_args)
-        recorded = {name: getattr(training_args, name) for name in TRAINING_ARGS_RECORDED}
+        versions, device = results.run_environment(training_args)
         run_config = {
             "task_args": asdict(task_args),
             "optimizer": opt_args.optimizer,
             "optimizer_class": type(inner).__name__,
             # what was asked for, then everything the optimizer's constructor resolved (e.g. SGD's momentum)
-            "optimizer_kwargs": _jsonable(optimizer_kwargs),
-            "optimizer_defaults": _jsonable({k: v for k, v in inner.defaults.items() if k != "params"}),
-            "training_args": _jsonable(recorded),
+            "optimizer_kwargs": results.json_safe(optimizer_kwargs),
+            "optimizer_defaults": results.json_safe({k: v for k, v in inner.defaults.items() if k != "params"}),
+            "training_args": results.recorded_run_args(training_args),
             "command": command or _command(None),
             "versions": versions,
             "device": device,
         }
-        with open(os.path.join(training_args.output_dir, "run_config.json"), "w") as f:
-            json.dump(run_config, f, indent=2)
+        results.write_atomic(os.path.join(training_args.output_dir, results.RUN_CONFIG_FILE),
+                             json.dumps(run_config, indent=2))
         if push_to_hub:
             from hf_adaopt.hub import push_run
 

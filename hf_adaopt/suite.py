@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hf_adaopt import compare
+from hf_adaopt import compare, results
 
 DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
 DEFAULT_SEEDS = 2
@@ -169,10 +169,10 @@ def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[compare
         config = {"task": workload.task, "args": args}
         if spec.optimizer == "adaopt":
             config["adaopt_source"] = adaopt_hash
-        chash = compare.config_hash(config)
+        chash = results.config_hash(config)
         lr = "default" if spec.lr is None else f"{spec.lr:g}"
         rid = f"{name}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
-        argv = compare.run_argv(spec, args, os.path.join(output_dir, compare.RUNS_SUBDIR, rid), None)
+        argv = compare.run_argv(spec, args, os.path.join(output_dir, results.RUNS_SUBDIR, rid), None)
         jobs.append(compare.Job(spec, rid, chash, argv, extra={"workload": name, "metric": workload.metric}))
     return jobs
 
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         suite_report.build_report(output_dir)
         return 0
-    os.makedirs(os.path.join(output_dir, compare.RUNS_SUBDIR), exist_ok=True)
+    os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR), exist_ok=True)
     compare._quiet_libraries()
     grid = build_suite_grid(settings["workloads"], settings["optimizers"], settings["seeds"], settings["lrs"])
     jobs = plan_jobs(grid, output_dir, passthrough)
@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
             "default_cell": DEFAULT_CELL, "passthrough": passthrough,
             "run_ids": [j.rid for j in jobs],
-            "environment": compare.environment(),
+            "environment": results.environment(),
         })
-    done = compare.finished_run_ids(output_dir)
+    done = results.finished_run_ids(output_dir)
     todo = [j for j in compare.shard_grid(jobs, shard_index, shard_count) if j.rid not in done]
     print(f"suite: {len(jobs)} runs in the grid ({len(settings['workloads'])} workloads), "
           f"{len(jobs) - len([j for j in jobs if j.rid not in done])} already finished in {output_dir}, "
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
             torch.set_num_threads(1)  # small models: threads only add synchronization (see tasks/digits.py)
-        status = compare.run_jobs(todo, output_dir, compare.environment(), command, console=console, desc="suite")
+        status = compare.run_jobs(todo, output_dir, results.environment(), command, console=console, desc="suite")
     if status != 0 or args.no_report:
         return status
     result = suite_report.build_report(output_dir)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hf_adaopt import report as report_mod
-from hf_adaopt import stats
+from hf_adaopt import results, stats
 
 TOLERANCE = 1.0  # points of accuracy, or percent of bpc: "within tolerance of the best-tuned AdamW"
 THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final training loss
@@ -48,8 +48,8 @@ def load(output_dir: str) -> tuple[dict, list[dict]]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); rerun the suite command to rewrite it") from None
     wanted = set(config.get("run_ids", []))
-    records = report_mod.load_results(output_dir) if os.path.isfile(
-        os.path.join(output_dir, report_mod.RESULTS_FILE)) else []
+    records = results.load_results(output_dir) if os.path.isfile(
+        os.path.join(output_dir, results.RESULTS_FILE)) else []
     return config, [r for r in records if r["run_id"] in wanted]
 
 
@@ -573,9 +573,9 @@ def build_report(output_dir: str) -> dict:
         if fn(path):
             plots.append(path)
     result["plots"] = [os.path.basename(p) for p in plots]
-    report_mod._write_atomic(os.path.join(output_dir, RESULTS_JSON),
-                             json.dumps(report_mod._json_safe(result), indent=1, sort_keys=True))
-    report_mod._write_atomic(os.path.join(output_dir, REPORT_MD), render_markdown(result, plots))
+    results.write_atomic(os.path.join(output_dir, RESULTS_JSON),
+                         json.dumps(results.json_safe(result), indent=1, sort_keys=True))
+    results.write_atomic(os.path.join(output_dir, REPORT_MD), render_markdown(result, plots))
     return result
 
 
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(root, "README.md")
         with open(path, encoding="utf-8") as f:
             text = replace_readme_blocks(f.read(), readme_blocks(os.path.join(root, "model_cards", "results")))
-        report_mod._write_atomic(path, text)
+        results.write_atomic(path, text)
         return 0
     if len(argv) != 1:
         print("usage: hf-adaopt report <suite output_dir>", file=sys.stderr)

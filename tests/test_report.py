@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from hf_adaopt import report, stats
+from hf_adaopt import report, results, stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 45
@@ -243,7 +243,7 @@ def test_truncated_last_line_is_skipped_and_duplicates_keep_the_last(tmp_path):
     )
     with open(os.path.join(out, "results.jsonl"), "a") as f:
         f.write('{"task": "digits", "optimizer": "ada')
-    loaded = report.load_results(out)
+    loaded = results.load_results(out)
     assert len(loaded) == len(runs)
     assert loaded[0]["eval"]["eval_accuracy"] == 0.5
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hf_adaopt import compare, report
+from hf_adaopt import compare, report, results
 from hf_adaopt import run as run_mod
 
 
@@ -23,7 +23,7 @@ def lines_of(path) -> list[bytes]:
 def write_cut_file(path, n_whole: int, cut: int) -> None:
     """n_whole whole lines, then the first `cut` bytes of the next one: a kill during its write."""
     for i in range(n_whole + 1):
-        compare.append_record(str(path), record(i))
+        results.append_record(str(path), record(i))
     data = path.read_bytes()
     last_start = len(b"".join(lines_of(path)[:n_whole]))
     path.write_bytes(data[: last_start + cut])
@@ -37,10 +37,10 @@ def test_a_cut_at_any_byte_loses_only_the_cut_run(tmp_path, caplog):
         write_cut_file(path, 2, cut)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="hf_adaopt"):
-            dropped = compare.repair_results(str(path))
+            dropped = results.repair_results(str(path))
         assert dropped is not None and f"{cut} bytes" in dropped, cut
         assert ("digits-sgd-seed2-abc" in caplog.text) == (cut >= run_id_written), cut  # names the run to rerun
-        compare.append_record(str(path), record(2))
+        results.append_record(str(path), record(2))
         assert [json.loads(x)["seed"] for x in lines_of(path)] == [0, 1, 2], cut
 
 
@@ -48,16 +48,16 @@ def test_an_append_after_a_partial_line_starts_on_a_new_line(tmp_path):
     """A shard that appends while another shard's line was cut (that writer died holding no lock)."""
     path = tmp_path / "results.jsonl"
     write_cut_file(path, 1, 30)
-    compare.append_record(str(path), record(5))
+    results.append_record(str(path), record(5))
     assert [json.loads(line)["seed"] for line in lines_of(path)] == [0, 5]
 
 
 def test_a_whole_file_is_left_as_it_is(tmp_path):
     path = tmp_path / "results.jsonl"
     for i in range(3):
-        compare.append_record(str(path), record(i))
+        results.append_record(str(path), record(i))
     before = path.read_bytes()
-    assert compare.repair_results(str(path)) is None and path.read_bytes() == before
+    assert results.repair_results(str(path)) is None and path.read_bytes() == before
 
 
 def fake_run_training(task_args, opt_args, training_args, **kwargs):

@@ -109,6 +109,7 @@ def test_transformers_verbosity_reaches_the_package_loggers(module, caplog):
 INDIRECT_DEPENDENCIES = {
     "tensorboard": "transformers' TensorBoardCallback writes the logs with it (--report_to tensorboard)",
     "pyyaml": "huggingface_hub's ModelCard reads and writes the card's YAML header with it",
+    "accelerate": "transformers.Trainer needs it to train; its version is recorded with every run (by name)",
 }
 
 

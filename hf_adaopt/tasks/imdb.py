@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from hf_adaopt.logs import get_logger
+from hf_adaopt.results import write_atomic
 from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
 
 logger = get_logger(__name__)
@@ -140,10 +141,7 @@ def _cached_or_trained(train_dataset) -> str:
     if path is not None:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            partial = f"{path}.{os.getpid()}.tmp"
-            with open(partial, "w", encoding="utf-8") as f:
-                f.write(serialized)
-            os.replace(partial, path)  # atomic: a concurrent run reads a whole file or none
+            write_atomic(path, serialized)  # a concurrent run reads a whole file or none
         except OSError as exc:  # a read-only cache only costs the reuse
             logger.warning("imdb: could not cache the tokenizer at %s: %s", path, exc)
     return serialized
