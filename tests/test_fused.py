@@ -1,0 +1,189 @@
+"""AdaOpt's fused (compiled) step: equal to the reference, compiled once, and a foreach fallback when it cannot compile.
+
+Each parameter layout costs one compile of two graphs (~10-30 s on two CPU cores), so the tests share two layouts:
+a float64 one (parity at PARITY_ATOL) and a mixed fp32/bf16 one (parity at the stated bf16 tolerance).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from hf_adaopt import AdaOpt
+from hf_adaopt import fused as fused_module
+
+# fused == reference in float64 (the same bound as foreach == reference in tests/test_optimizer.py)
+PARITY_ATOL = 1e-10
+# bf16 parameters: the fused step rounds decay and step once, the reference twice (an ulp, 0.4%, apart at most per
+# step), and the difference reaches the fp32 parameters through the forward pass and the shared controller
+BF16_RTOL, BF16_ATOL = 2e-2, 1e-3
+
+
+def _float64_setup(fused):
+    """Several groups, weight decay, a parameter without gradient, a frozen one and a zero-size one."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({
+        "big": nn.Linear(96, 64),  # 6144 weights > SMALL_TENSOR: the block subsample
+        "small": nn.Linear(64, 4),
+        "frozen": nn.Linear(4, 4),
+        "unused": nn.Linear(4, 4),  # grad stays None
+    }).double()
+    empty = nn.Parameter(torch.zeros(0, dtype=torch.float64))
+    model.frozen.requires_grad_(False)
+    groups = [
+        {"params": [model.big.weight, model.small.weight, model.unused.weight, empty], "weight_decay": 0.1},
+        {"params": [model.big.bias, model.small.bias, model.unused.bias, *model.frozen.parameters()],
+         "weight_decay": 0.0, "lr": 2e-3},
+    ]
+    opt = AdaOpt(groups, lr=1e-3, foreach=False, fused=fused, warmup_steps=3, variance_power=0.5)
+    return model, empty, opt
+
+
+def _float64_steps(model, empty, opt, steps, done=0):
+    """Steps done+1..steps of a fixed sequence of batches."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 96, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (128,), generator=g)
+    for i in range(steps):
+        idx = torch.randint(0, 128, (16,), generator=g)
+        if i < done:
+            continue
+        out = model["frozen"](model["small"](torch.tanh(model["big"](x[idx])))) + 0.0 * empty.sum()
+        loss = nn.functional.cross_entropy(out, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.set_loss(loss)
+        opt.step()
+
+
+def _mixed_setup(fused):
+    """fp32 and bf16 parameters (fp32 state), two groups with their own beta2 and weight decay."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(80, 64), nn.Tanh(), nn.Linear(64, 3))
+    model[2].to(torch.bfloat16)
+    groups = [{"params": model[0].parameters(), "weight_decay": 0.05},
+              {"params": model[2].parameters(), "betas": (0.9, 0.99), "weight_decay": 0.0}]
+    return model, AdaOpt(groups, lr=1e-3, foreach=False, fused=fused, warmup_steps=2)
+
+
+def _mixed_steps(model, opt, steps):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 80, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    for _ in range(steps):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        loss = nn.functional.cross_entropy(model[2](model[1](model[0](x[idx])).bfloat16()).float(), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.set_loss(loss)
+        opt.step()
+
+
+def _assert_fused_ran(opt):
+    assert getattr(opt, "_fused_failed", None) is None
+    assert getattr(opt, "_fused_carry", None) is not None
+
+
+def test_fused_step_equals_reference_in_float64_and_compiles_once():
+    model_ref, empty_ref, opt_ref = _float64_setup(fused=False)
+    model, empty, opt = _float64_setup(fused=True)
+    _float64_steps(model_ref, empty_ref, opt_ref, steps=25)
+    # the first two steps compile (the apply graph at the first, the statistics graph at the second)...
+    _float64_steps(model, empty, opt, steps=2)
+    # ... and no later step does: a recompile raises, and would show as a fallback to foreach
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _float64_steps(model, empty, opt, steps=25, done=2)
+    _assert_fused_ran(opt)
+    for (name, p_ref), p in zip(model_ref.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p, p_ref, atol=PARITY_ATOL, rtol=0, msg=name)
+    for p_ref, p in zip(model_ref.parameters(), model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "direction", "pre") if p_ref in opt_ref.state else ():
+            torch.testing.assert_close(opt.state[p][key], opt_ref.state[p_ref][key], atol=PARITY_ATOL, rtol=0)
+    for key, value in opt_ref.diagnostics().items():
+        assert opt.diagnostics()[key] == pytest.approx(value, abs=PARITY_ATOL), key
+    assert opt_ref.diagnostics()["base_scale"] != pytest.approx(1e-3, rel=1e-3)  # the controller moved
+    assert model.unused.weight not in opt.state and all(p not in opt.state for p in model.frozen.parameters())
+    assert empty in opt.state and opt.state[empty]["step"] == 25
+
+
+def test_fused_step_after_load_state_dict_continues_like_the_reference():
+    """A loaded state replaces the tensors the last fused step measured: the next statistics are computed anew."""
+    model_ref, empty_ref, opt_ref = _float64_setup(fused=False)
+    model, empty, opt = _float64_setup(fused=True)
+    _float64_steps(model_ref, empty_ref, opt_ref, steps=12)
+    _float64_steps(model, empty, opt, steps=6)
+    saved = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(saved)
+    _float64_steps(model, empty, opt, steps=12, done=6)
+    _assert_fused_ran(opt)
+    for p_ref, p in zip(model_ref.parameters(), model.parameters()):
+        torch.testing.assert_close(p, p_ref, atol=PARITY_ATOL, rtol=0)
+
+
+def test_fused_step_with_bf16_parameters_and_fp32_state_matches_reference():
+    model_ref, opt_ref = _mixed_setup(fused=False)
+    model, opt = _mixed_setup(fused=True)
+    _mixed_steps(model_ref, opt_ref, steps=12)
+    _mixed_steps(model, opt, steps=12)
+    _assert_fused_ran(opt)
+    for p_ref, p in zip(model_ref.parameters(), model.parameters()):
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+        torch.testing.assert_close(p, p_ref, rtol=BF16_RTOL, atol=BF16_ATOL)
+        m, m_ref = opt.state[p]["exp_avg"], opt_ref.state[p_ref]["exp_avg"]
+        assert (m - m_ref).norm() <= BF16_RTOL * m_ref.norm()  # elementwise, gradients differ where bf16 rounded
+    assert opt.diagnostics()["base_scale"] == pytest.approx(opt_ref.diagnostics()["base_scale"], rel=BF16_RTOL)
+
+
+def test_fused_falls_back_to_foreach_when_compilation_fails(monkeypatch, caplog):
+    def broken(name, fn):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(fused_module, "_compiled_fn", broken)
+    model_foreach, empty_foreach, _ = _float64_setup(fused=False)
+    opt_foreach = AdaOpt([{"params": [p for p in model_foreach.parameters() if p.requires_grad] + [empty_foreach]}],
+                         foreach=True, warmup_steps=3)
+    model, empty, _ = _float64_setup(fused=True)
+    opt = AdaOpt([{"params": [p for p in model.parameters() if p.requires_grad] + [empty]}], fused=True,
+                 warmup_steps=3)
+    with caplog.at_level(logging.WARNING, logger="hf_adaopt.fused"):
+        _float64_steps(model_foreach, empty_foreach, opt_foreach, steps=5)
+        _float64_steps(model, empty, opt, steps=5)
+    assert "no C++ compiler here" in opt._fused_failed
+    assert sum("fused step is unavailable" in r.getMessage() for r in caplog.records) == 1  # said once
+    for p_ref, p in zip(model_foreach.parameters(), model.parameters()):
+        torch.testing.assert_close(p, p_ref, atol=PARITY_ATOL, rtol=0)
+
+
+def test_fused_is_off_by_default():
+    model = nn.Linear(4, 2)
+    opt = AdaOpt(model.parameters())
+    assert opt.param_groups[0]["fused"] is None and not opt._use_fused(list(model.parameters()))
+
+
+def test_fused_and_foreach_together_is_a_value_error():
+    with pytest.raises(ValueError, match="`fused` and `foreach` cannot be `True` together"):
+        AdaOpt(nn.Linear(4, 2).parameters(), fused=True, foreach=True)
+
+
+def test_fused_in_a_param_group_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="fused=True in a param group: fused is optimizer-wide"):
+        AdaOpt([{"params": model[0].parameters()}, {"params": model[1].parameters(), "fused": True}])
+
+
+def test_checkpoint_without_fused_loads_and_steps():
+    model = nn.Linear(4, 2)
+    opt = AdaOpt(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    state = opt.__getstate__()
+    for group in state["param_groups"]:
+        del group["fused"]
+    opt2 = AdaOpt.__new__(AdaOpt)
+    opt2.__setstate__(state)
+    assert opt2.param_groups[0]["fused"] is None
+    opt2.step()
