@@ -450,12 +450,20 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
 
 
 def bench_markdown(bench: dict) -> str:
-    """The step-cost table from `training_scripts/bench_optimizer_step.py --output_json`."""
-    rows = [[r["optimizer"], f"{r['ms_per_step']:.1f}", f"{r['time_ratio_to_adamw']:.2f}",
-             f"{r['state_bytes_per_param']:.2f}", f"{r['state_ratio_to_adamw']:.2f}"] for r in bench["rows"]]
-    head = (f"{bench['num_params'] / 1e6:.1f}M parameters, {bench['dtype']}, {bench['device']}, {bench['threads']} "
-            f"thread(s), {bench['clock']} clock, median of {bench['steps']} interleaved steps, torch {bench['torch']}:")
-    return head + "\n\n" + _table(["optimizer", "ms/step", "x AdamW", "state B/param", "x AdamW"], rows)
+    """The step-cost tables from `training_scripts/bench_optimizer_step.py --output_json`: the run, then any
+    `other_runs` (e.g. bf16). Ratios are medians of per-step ratios; "x floor" is to a `copy_` of AdamW's bytes."""
+    def one(run: dict) -> str:
+        rows = [[r["optimizer"], f"{r['ms_per_step']:.1f}", f"{r['ratio_to_fused_adamw']:.2f}",
+                 f"{r['ratio_to_foreach_adamw']:.2f}", f"{r['ratio_to_copy_floor']:.2f}", f"{r['gb_per_s']:.1f}",
+                 "" if r["state_bytes_per_param"] is None else f"{r['state_bytes_per_param']:.2f}"]
+                for r in run["rows"]]
+        head = (f"{run['num_params'] / 1e6:.1f}M parameters, {run['dtype']}, {run['device']}, {run['threads']} "
+                f"thread(s), {run['clock']} clock, median of {run['steps']} interleaved steps, torch {run['torch']}; "
+                f"GB/s counts AdamW's {run['adamw_bytes_per_param']} B/param:")
+        return head + "\n\n" + _table(["optimizer", "ms/step", "x fused AdamW", "x foreach AdamW", "x floor", "GB/s",
+                                        "state B/param"], rows)
+
+    return "\n\n".join(one(run) for run in [bench, *bench.get("other_runs", [])])
 
 
 # The README's generated blocks: marker name -> the committed file(s) it is rendered from (model_cards/results/).

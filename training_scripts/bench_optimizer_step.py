@@ -3,19 +3,27 @@
     python training_scripts/bench_optimizer_step.py                      # ~25M params, fp32, CPU
     python training_scripts/bench_optimizer_step.py --num_params 25e6 --steps 20 --dtype bfloat16 --device cpu
     python training_scripts/bench_optimizer_step.py --clock cpu --threads 1     # on a machine shared with others
+    python training_scripts/bench_optimizer_step.py --device cuda --num_params 350e6 --only fused   # one GPU
 
 The parameters are transformer-shaped (token and position embeddings, then per layer: LayerNorm, fused qkv
 projection, output projection, LayerNorm, 4x MLP -- weights and biases -- and a final LayerNorm; d_model 512
 by default), as many layers as come closest to ``--num_params``. Every parameter gets a fixed random gradient.
 All optimizers are built side by side, each stepped ``--warmup`` times, then timed for ``--steps`` steps,
 interleaved (timed step i of every optimizer, in a rotating order, before step i+1 of any), so that changes in
-machine load hit all of them alike. The table shows the median step time and the median of the per-step
-ratios to AdamW.
-State bytes are the sum of ``nbytes`` of every tensor in ``optimizer.state`` (and any tensor kept in
-``param_groups``), divided by the number of parameters. Ratios are to ``AdamW(foreach=True)`` measured in the
-same run.
+machine load hit all of them alike. The table shows the median step time and the medians of the per-step
+ratios to torch's ``AdamW(fused=True)`` and ``AdamW(foreach=True)``, measured in the same run.
 
-Compared: AdaOpt, torch AdamW / Adam (foreach), SGD (momentum 0.9, foreach), RMSprop (foreach), and, when
+The memory floor: AdamW reads p, g, m, v and writes p, m, v -- 7 tensors of the parameters' dtype, 28 bytes per
+fp32 parameter (14 for bf16, whose AdamW state is bf16). A ``torch.Tensor.copy_`` that moves as many bytes (half
+read, half written), timed in the same rotation as the optimizers, is the ``copy floor``; ``x floor`` is each
+step's time over the copy's, and ``GB/s`` is those AdamW bytes over the step time (the same yardstick for every
+row, whatever the optimizer really moves: AdaOpt keeps fp32 state for bf16 parameters and reads the gradient once
+more for its statistics).
+State bytes are the sum of ``nbytes`` of every tensor in ``optimizer.state`` (and any tensor kept in
+``param_groups``), divided by the number of parameters. The first (compiling) step of the fused AdaOpt is
+reported as ``compile_s`` in the JSON.
+
+Compared: AdaOpt (foreach and fused), torch AdamW (fused and foreach) / Adam (foreach), SGD (momentum 0.9, foreach), RMSprop (foreach), and, when
 installed (``pip install 'hf-adaopt[peers]'``), Prodigy, D-Adaptation (DAdaptAdam), Schedule-Free
 (AdamWScheduleFree) and DoG.
 """
@@ -27,6 +35,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -66,8 +75,10 @@ def make_params(shapes, dtype: torch.dtype, device: str, seed: int = 0) -> list[
 def optimizer_factories() -> dict[str, Callable]:
     """name -> factory(params); the peers only when their packages are installed."""
     factories = {
+        "AdamW (torch, fused)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, fused=True),
         "AdamW (torch, foreach)": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, foreach=True),
-        "AdaOpt": lambda ps: AdaOpt(ps, lr=1e-3, weight_decay=0.01, foreach=True),
+        "AdaOpt (fused)": lambda ps: AdaOpt(ps, lr=1e-3, weight_decay=0.01, fused=True),
+        "AdaOpt (foreach)": lambda ps: AdaOpt(ps, lr=1e-3, weight_decay=0.01, foreach=True, fused=False),
         "Adam (torch, foreach)": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
         "SGD momentum 0.9 (foreach)": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
         "RMSprop (foreach)": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, foreach=True),
@@ -122,6 +133,24 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- bench
+COPY_FLOOR = "copy floor (copy_, AdamW's bytes)"
+ADAMW_TENSORS = 7  # AdamW reads p, g, m, v and writes p, m, v
+
+
+class CopyFloor:
+    """Stands in for an optimizer: ``dst.copy_(src)`` moving AdamW's bytes for ``n_params`` parameters."""
+
+    def __init__(self, n_params: int, dtype: torch.dtype, device: str):
+        numel = ADAMW_TENSORS * n_params // 2  # read src + write dst = 7 tensors' worth of bytes
+        self.src = torch.randn(numel, device=device).to(dtype)
+        self.dst = torch.empty_like(self.src)
+        self.state: dict = {}
+        self.param_groups: list = []
+
+    def step(self) -> None:
+        self.dst.copy_(self.src)
+
+
 class Runner:
     """One optimizer on its own copy of the parameters (same values and gradients for every optimizer)."""
 
@@ -129,18 +158,22 @@ class Runner:
         self.clock = clock
         self.params = make_params(shapes, dtype, device)
         self.optimizer = factory(self.params)
+        self.first_step_s = None
         self.is_adaopt = isinstance(self.optimizer, AdaOpt)
         self.loss = torch.tensor(2.0, device=device)
         self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         self.i = 0
 
     def step(self) -> float:
-        start = self.clock()
+        start = time.perf_counter() if self.first_step_s is None else self.clock()
         if self.is_adaopt:  # what AdaOptCallback does: the loss as a device tensor
             self.optimizer.set_loss(self.loss + 0.01 * math.sin(self.i))
         self.optimizer.step()
         self.sync()
         self.i += 1
+        if self.first_step_s is None:  # wall time: the compile's worker processes are not this process's CPU
+            self.first_step_s = time.perf_counter() - start
+            return self.first_step_s
         return self.clock() - start
 
 
@@ -158,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         "threads -- steadier than wall time on a machine shared with other jobs (CPU device only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", default=None, help="comma-separated substrings of optimizer names to run "
-                        "(AdamW always runs: it is the reference)")
+                        "(the two AdamW rows and the copy floor always run: they are the references)")
     parser.add_argument("--output_json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -171,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [w.strip().lower() for w in args.only.split(",")]
         factories = {k: f for k, f in factories.items() if k.startswith("AdamW (torch") or
                      any(w in k.lower() for w in wanted)}
-    names = list(factories)
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu measures host CPU time; use --clock wall with --device " + args.device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    runners = {name: Runner(factories[name], shapes, dtype, args.device, clock) for name in names}
+    runners = {name: Runner(factories[name], shapes, dtype, args.device, clock) for name in factories}
+    n_params = sum(p.numel() for p in next(iter(runners.values())).params)
+    runners[COPY_FLOOR] = Runner(lambda ps: CopyFloor(n_params, dtype, args.device), [], dtype, args.device, clock)
+    names = list(runners)
     for runner in runners.values():
         for _ in range(args.warmup):
             runner.step()
@@ -186,31 +221,43 @@ def main(argv: list[str] | None = None) -> int:
         order = names[i % len(names):] + names[:i % len(names)]
         for name in order:
             times[name].append(runners[name].step())
-    n_params = sum(p.numel() for p in runners[names[0]].params)
     nbytes = {name: state_bytes(r.optimizer) for name, r in runners.items()}
 
-    ref = names[0]
-    base_bpp = nbytes[ref] / n_params
+    fused_ref, foreach_ref = "AdamW (torch, fused)", "AdamW (torch, foreach)"
+    adamw_bytes = ADAMW_TENSORS * dtype.itemsize * n_params
     print(f"# {n_params / 1e6:.1f}M parameters in {len(shapes)} tensors (d_model {args.d_model}), {args.dtype}, "
           f"{args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     print(f"# {args.steps} timed steps per optimizer, interleaved, after {args.warmup} warmup steps; "
-          f"{args.clock} clock\n")
-    header = ("optimizer", "ms/step (median)", "x AdamW", "state B/param", "x AdamW")
-    print(f"| {header[0]:<34} | {header[1]:>16} | {header[2]:>7} | {header[3]:>13} | {header[4]:>7} |")
-    print(f"|{'-' * 36}|{'-' * 17}:|{'-' * 8}:|{'-' * 14}:|{'-' * 8}:|")
+          f"{args.clock} clock; GB/s counts AdamW's {ADAMW_TENSORS * dtype.itemsize} B/param\n")
+    header = ("optimizer", "ms/step", "x fused AdamW", "x foreach AdamW", "x floor", "GB/s", "state B/param")
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+
+    def ratio(name: str, ref: str) -> float:
+        return statistics.median(t / r for t, r in zip(times[name], times[ref], strict=True))
+
     rows = []
     for name in names:
         ms = statistics.median(times[name]) * 1e3
-        ratio = statistics.median(t / r for t, r in zip(times[name], times[ref], strict=True))
-        bpp = nbytes[name] / n_params
-        rows.append({"optimizer": name, "ms_per_step": ms, "time_ratio_to_adamw": ratio,
-                     "state_bytes_per_param": bpp, "state_ratio_to_adamw": bpp / base_bpp})
-        print(f"| {name:<34} | {ms:16.1f} | {ratio:7.2f} | {bpp:13.2f} | {bpp / base_bpp:7.2f} |")
+        row = {"optimizer": name, "ms_per_step": ms, "ratio_to_fused_adamw": ratio(name, fused_ref),
+               "ratio_to_foreach_adamw": ratio(name, foreach_ref), "ratio_to_copy_floor": ratio(name, COPY_FLOOR),
+               "gb_per_s": adamw_bytes / (ms * 1e-3) / 1e9,
+               "state_bytes_per_param": nbytes[name] / n_params if name != COPY_FLOOR else None}
+        if name == "AdaOpt (fused)":
+            row["compile_s"] = runners[name].first_step_s
+        rows.append(row)
+        state = "" if row["state_bytes_per_param"] is None else f"{row['state_bytes_per_param']:.2f}"
+        print(f"| {name} | {ms:.1f} | {row['ratio_to_fused_adamw']:.2f} | {row['ratio_to_foreach_adamw']:.2f} | "
+              f"{row['ratio_to_copy_floor']:.2f} | {row['gb_per_s']:.1f} | {state} |")
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump({"num_params": n_params, "dtype": args.dtype, "device": args.device, "steps": args.steps,
-                       "clock": args.clock, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, f, indent=2)
+                       "warmup": args.warmup, "clock": args.clock, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "adamw_bytes_per_param": ADAMW_TENSORS * dtype.itemsize,
+                       "command": "python training_scripts/bench_optimizer_step.py " + " ".join(
+                           argv if argv is not None else sys.argv[1:]),
+                       "rows": rows}, f, indent=2)
     return 0
 
 
