@@ -196,6 +196,7 @@ class AdaOpt(Optimizer):
         trusted_growth: bool = False,
         signal_scaled_target: bool = True,
         momentum_noise: bool = True,
+        independent_secant: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -244,6 +245,7 @@ class AdaOpt(Optimizer):
             trusted_growth=bool(trusted_growth),
             signal_scaled_target=bool(signal_scaled_target),
             momentum_noise=bool(momentum_noise),
+            independent_secant=bool(independent_secant),
             foreach=foreach,
             fused=fused,
         )
@@ -279,7 +281,8 @@ class AdaOpt(Optimizer):
             group.setdefault("fused", None)
             for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
                                ("symmetric_damping", False), ("trusted_growth", False),
-                               ("signal_scaled_target", False), ("momentum_noise", False)):
+                               ("signal_scaled_target", False), ("momentum_noise", False),
+                               ("independent_secant", False)):
                 group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in _CONTROLLER_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -474,7 +477,7 @@ class AdaOpt(Optimizer):
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
 OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
                   "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "momentum_noise",
-                  "foreach", "fused")
+                  "independent_secant", "foreach", "fused")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -734,7 +737,8 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         s = group["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 0.0
         group["effective_lr"] = s * d  # the gate's numel-weighted mean is 1
     return {"step_sizes": step_sizes, "decays": decays, "dir_weights": dir_weights,
-            "eps": [groups[gi]["eps"] for gi in tensors["group_index"]]}
+            "eps": [groups[gi]["eps"] for gi in tensors["group_index"]],
+            "independent": bool(g0.get("independent_secant", False))}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -761,6 +765,9 @@ def _single_tensor_apply(tensors: dict, plan: dict) -> None:
         tensors["params"], tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
         tensors["directions"], tensors["states"], tensors["betas"],
     )):
+        # independent_secant: the direction kept for the secant is the momentum's part of the step, which the
+        # gradient it is measured with did not enter (a = g_t . u_t is then unbiased by g_t's own noise)
+        m_old = _subsample(m) * beta1 if plan["independent"] else None
         # Adam's moments
         m.lerp_(g, 1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
@@ -775,7 +782,8 @@ def _single_tensor_apply(tensors: dict, plan: dict) -> None:
         local.add_((-plan["step_sizes"][i] * u).to(local.dtype))
         # the direction actually taken (weighted like the step), kept on the subsample for the next secant,
         # and the directional derivative before the step, a = g_t . u_t
-        direction.copy_(plan["dir_weights"][i] * _subsample(u))
+        kept = _subsample(u) if m_old is None else (m_old / bc1) / _subsample(denom)
+        direction.copy_(plan["dir_weights"][i] * kept)
         state["pre"].copy_((tensors["g_subs"][i] * direction).sum())
 
 
@@ -807,6 +815,7 @@ def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
     grads = tensors["grads"]
     m, v = tensors["exp_avgs"], tensors["exp_avg_sqs"]
 
+    m_old = torch._foreach_mul(tensors["m_subs"], beta1) if plan["independent"] else None
     torch._foreach_lerp_(m, grads, 1.0 - beta1)
     torch._foreach_mul_(v, beta2)
     torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
@@ -834,7 +843,7 @@ def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
         torch._foreach_add_(params, updates)
 
     # The direction actually taken (weighted like the step) on the subsample, and a = g_t . u_t.
-    new_dirs = torch._foreach_div(tensors["m_subs"], [_subsample(x) for x in denom])
+    new_dirs = torch._foreach_div(tensors["m_subs"] if m_old is None else m_old, [_subsample(x) for x in denom])
     torch._foreach_mul_(new_dirs, [w / b for w, b in zip(plan["dir_weights"], bc1)])
     torch._foreach_copy_(tensors["directions"], new_dirs)
     pre = [x.sum() for x in torch._foreach_mul(tensors["g_subs"], tensors["directions"])]
