@@ -73,7 +73,7 @@ def _stats_graph(grads: list[Tensor], params: list[Tensor], directions: list[Ten
 
 
 def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                 directions: list[Tensor], pres: list[Tensor], scalars: Tensor, independent: bool) -> Tensor:
+                 directions: list[Tensor], pres: list[Tensor], scalars: Tensor) -> Tensor:
     """The reference's update (``_single_tensor_apply``) for every tensor, in place.
 
     With the bias corrections folded into the scalars (on the host, in float64), each element costs one square
@@ -86,15 +86,13 @@ def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
     for i, (p, g, m, v, direction, pre) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, directions, pres)):
         s = scalars[:, i].to(m.dtype)
         g = g.to(m.dtype)
-        m_old = _subsample(m) * s[_BETA1] if independent else None  # read before m is overwritten
         m_new = m + s[_ONE_MINUS_BETA1] * (g - m)  # m.lerp_(g, 1 - beta1)
         v_new = v * s[_BETA2] + s[_ONE_MINUS_BETA2] * (g * g)
         update = m_new / (v_new.sqrt() + s[_EPS_C2])
         p.copy_((p.to(m.dtype) * s[_KEEP] - s[_STEP_C2_C1] * update).to(p.dtype))  # low precision: one rounding
         m.copy_(m_new)
         v.copy_(v_new)
-        kept = _subsample(m_new) if m_old is None else m_old
-        new_direction = s[_DIR_C2_C1] * kept / (_subsample(v_new).sqrt() + s[_EPS_C2])
+        new_direction = s[_DIR_C2_C1] * _subsample(m_new) / (_subsample(v_new).sqrt() + s[_EPS_C2])
         direction.copy_(new_direction)
         pre.copy_((_subsample(g) * new_direction).sum().reshape(1))
         m_sub = _subsample(m_new)
@@ -154,7 +152,7 @@ def fused_apply(tensors: dict, plan: dict) -> Tensor:
     # torch 2.13; float32 is not affected), a write to its 1-d view is not.
     carried = _run("apply", _apply_graph, [_plain(p) for p in tensors["params"]], tensors["grads"],
                    tensors["exp_avgs"], tensors["exp_avg_sqs"], tensors["directions"],
-                   [x.view(1) for x in tensors["pre"]], scalars, bool(plan.get("independent", False)))
+                   [x.view(1) for x in tensors["pre"]], scalars)
     for state in tensors["states"]:  # only once the update is done: a failed compile leaves the step to foreach
         state["step"] += 1
     return carried
