@@ -36,6 +36,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ExportableState
 
+from hf_adaopt import optimizers
 from hf_adaopt.logs import get_logger
 
 __all__ = ["AdaOptCallback", "LRTrajectoryCallback", "unwrap_optimizer", "DIAGNOSTIC_KEYS", "LOG_PREFIX"]
@@ -48,23 +49,6 @@ LOG_PREFIX = "adaopt/"
 TRAJECTORY_FILE = "lr_trajectory.json"
 # Per-step trajectory entries of AdaOptCallback beside "step" and "lr" (= effective lr).
 _ADAOPT_TRAJECTORY_KEYS = ("variance_factor", "landscape_factor", "base_scale")
-
-
-def step_size(group: dict) -> float:
-    """The step size a param group applies: ``lr`` times the scale a learning-rate-free optimizer adapted.
-
-    Prodigy and D-Adaptation keep their estimate in ``group["d"]`` (``lr`` is a multiplier), DoG in
-    ``group["eta"]`` (one tensor per parameter: the first one is recorded; reading it is a host sync,
-    which DoG's own step already pays), Schedule-Free its warmed-up lr in ``group["scheduled_lr"]``.
-    """
-    lr = float(group["lr"])
-    if "d" in group:
-        return lr * float(group["d"])
-    if group.get("eta"):
-        return lr * float(group["eta"][0])
-    if "scheduled_lr" in group:
-        return float(group["scheduled_lr"])
-    return lr
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
@@ -94,7 +78,7 @@ def _calling_handler() -> CallbackHandler | None:
 
 
 class LRTrajectoryCallback(TrainerCallback, ExportableState):
-    """Records the step size of ``optimizer.param_groups[0]`` (see `step_size`) at every optimizer step.
+    """Records the step size of ``optimizer.param_groups[0]`` (`hf_adaopt.optimizers.step_size`) at every step.
 
     ``.trajectory`` is ``{"step": [...], "lr": [...]}``; ``step`` is the ``global_step`` the optimizer step
     completes (1-based). On ``on_train_end`` the main process writes it, plus ``"optimizer"`` (class name),
@@ -145,7 +129,7 @@ class LRTrajectoryCallback(TrainerCallback, ExportableState):
 
     def _record(self, step: int, optimizer) -> None:
         self.trajectory["step"].append(step)
-        self.trajectory["lr"].append(step_size(optimizer.param_groups[0]))
+        self.trajectory["lr"].append(optimizers.step_size(optimizer, optimizer.param_groups[0]))
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

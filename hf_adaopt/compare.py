@@ -21,56 +21,57 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import dataclasses
 import math
 import os
 import shlex
 import shutil
+import signal
 import sys
-import time
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from hf_adaopt import hub, optimizers, render, results
 from hf_adaopt import report as report_mod
-from hf_adaopt import results, stats
+from hf_adaopt import run as run_mod
+from hf_adaopt.analysis import DEFAULT_THRESHOLD_FRACTION
 from hf_adaopt.logs import get_logger
-from hf_adaopt.results import json_safe
+from hf_adaopt.plots import PLOT_FILES
+from hf_adaopt.run import ensure_writable_dir
+from hf_adaopt.runner import (
+    _INTERRUPT,
+    Job,
+    RunSpec,
+    build_grid,
+    quiet_libraries,
+    run_argv,
+    run_id,
+    run_jobs,
+    shard_grid,
+    stop_if_interrupted,
+)
+from hf_adaopt.tasks import TASK_NAMES
 
 logger = get_logger(__name__)
 
-# The default grid: the seed experiment's optimizers (AdaOpt, SGD with momentum, Adam, RMSprop), AdamW, and
-# the learning-rate-free peers (prodigy, dadapt, schedulefree, dog) that are installed (`hf-adaopt[peers]`).
+# The default grid: every optimizer of `hf_adaopt.optimizers` that is installed (the peers need `hf-adaopt[peers]`).
 # On digits, 9 optimizers x 5 seeds take a few minutes on 2 CPU cores (README: measured time).
-CORE_OPTIMIZERS = ("adaopt", "sgd", "adam", "adamw", "rmsprop")
 DEFAULT_SEEDS = 5
 # Per-task defaults of the comparison (the command line wins). digits: the seed's 10 epochs, and an evaluation
 # every 2% of training (every 9 steps = 5 per epoch) so that steps-to-threshold resolves the first epochs,
 # where the optimizers differ; each evaluation of the 360 validation digits costs ~10 ms.
 COMPARE_DEFAULTS = {"digits": {"num_train_epochs": 10, "eval_strategy": "steps", "eval_steps": 0.02}}
-# Trajectories longer than this are stored downsampled in results.jsonl (the stability metrics use all points).
-MAX_TRAJECTORY_POINTS = 1000
 ARTEFACTS = (
     results.RESULTS_FILE,
     results.RESULTS_JSON,
     results.REPORT_FILE,
     results.CONFIG_FILE,
-    *report_mod.PLOT_FILES.values(),
+    *PLOT_FILES.values(),
 )
 
 # Compare options that must not reach the per-run parser because compare sets them per run.
 _PER_RUN_OPTIONS = ("--seed", "--optimizer", "--output_dir", "--push_to_hub", "--hub_model_id", "--task")
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid. lr None = the optimizer's default initial learning rate."""
-
-    task: str
-    optimizer: str
-    seed: int
-    lr: float | None
-
-    def sort_key(self) -> tuple:
-        return (self.task, self.lr is None, self.lr or 0.0, report_mod._order_key(self.optimizer), self.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--optimizers",
         default="all",
-        help=f"comma-separated names, or 'all' (default): {', '.join(CORE_OPTIMIZERS)} and the installed "
-        "learning-rate-free peers (prodigy, dadapt, schedulefree, dog: pip install 'hf-adaopt[peers]')",
+        help=f"comma-separated names, or 'all' (default): {', '.join(optimizers.BUILTIN)} and the installed "
+        f"peers ({', '.join(n for n in optimizers.OPTIMIZERS if n not in optimizers.BUILTIN)}: pip install "
+        "'hf-adaopt[peers]')",
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=None, help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS})")
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold_fraction",
         type=float,
-        default=report_mod.DEFAULT_THRESHOLD_FRACTION,
+        default=DEFAULT_THRESHOLD_FRACTION,
         help="threshold = this fraction x the best final mean accuracy (default 0.95)",
     )
     p.add_argument(
@@ -194,16 +196,14 @@ def _seed_list(text: str) -> list[int]:
 
 
 def resolve_optimizers(text: str) -> list[str]:
-    from hf_adaopt.baselines import OPTIMIZERS, available_optimizers
-
-    available = available_optimizers()
+    available = optimizers.available_optimizers()
     if text.strip() == "all":
         return available
     names = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [n for n in names if n not in OPTIMIZERS]
+    unknown = [n for n in names if n not in optimizers.OPTIMIZERS]
     if unknown:
         raise ValueError(
-            f"unknown optimizer(s) {unknown} in --optimizers; choose from {', '.join(OPTIMIZERS)}"
+            f"unknown optimizer(s) {unknown} in --optimizers; choose from {', '.join(optimizers.OPTIMIZERS)}"
         )
     missing = [n for n in names if n not in available]
     if missing:
@@ -213,29 +213,6 @@ def resolve_optimizers(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"--optimizers lists a name twice: {text!r}")
     return names
-
-
-def build_grid(
-    task: str, optimizers: Sequence[str], seeds: Sequence[int], lrs: Sequence[float | None]
-) -> list[RunSpec]:
-    """The full grid in run order: seed by seed, every lr and optimizer within a seed.
-
-    Interleaving (rather than all seeds of one optimizer in a row) keeps drifts in machine load from
-    lining up with one optimizer's training times, and makes a partial comparison cover every optimizer.
-    Within the i-th seed the optimizer order is rotated by i, so the first run of a process (which pays
-    one-off warm-up costs) is not always the same optimizer's.
-    """
-    opts = sorted(optimizers, key=report_mod._order_key)
-    grid = []
-    for i, seed in enumerate(sorted(seeds)):
-        rotated = opts[i % len(opts) :] + opts[: i % len(opts)]
-        grid += [RunSpec(task, o, seed, lr) for lr in lrs for o in rotated]
-    return grid
-
-
-def shard_grid(grid: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
-    """Every count-th run of the grid's order starting at index: the shards partition the grid."""
-    return [spec for i, spec in enumerate(grid) if i % count == index]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,164 +232,27 @@ def task_defaults(task: str, passthrough: Sequence[str], epochs: float | None) -
     ]
 
 
-def run_argv(spec: RunSpec, passthrough: Sequence[str], run_dir: str, epochs: float | None) -> list[str]:
-    """The `hf-adaopt train` argv of one run."""
-    argv = list(passthrough)
-    argv += [
-        "--task",
-        spec.task,
-        "--optimizer",
-        spec.optimizer,
-        "--seed",
-        str(spec.seed),
-        "--output_dir",
-        run_dir,
-    ]
-    if spec.lr is not None:
-        argv += ["--learning_rate", repr(spec.lr)]
-    if epochs is not None:
-        argv += ["--num_train_epochs", repr(epochs)]
-    if not any(a == "--report_to" or a.startswith("--report_to=") for a in passthrough):
-        argv += ["--report_to", "none"]
-    # quiet per-run Trainer: no tqdm bars, warnings only (the log goes to the run's run.log)
-    argv += ["--disable_tqdm", "True", "--log_level", "warning"]
-    return argv
-
-
-def run_id(spec: RunSpec, chash: str) -> str:
-    lr = "default" if spec.lr is None else f"{spec.lr:g}"
-    return f"{spec.task}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # environment and records
-
-
-def _downsample(traj: dict, max_points: int = MAX_TRAJECTORY_POINTS) -> dict:
-    steps = traj.get("step", [])
-    n = len(steps)
-    lists = {k: list(v) for k, v in traj.items() if isinstance(v, (list, tuple)) and len(v) == n}
-    if n <= max_points:
-        return lists
-    idx = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-    return {k: [v[i] for i in idx] for k, v in lists.items()}
-
-
-def training_time(history: Sequence[dict], train_runtime: float | None) -> float | None:
-    """The Trainer's train_runtime minus the evaluations it ran during training (their eval_runtime).
-
-    Evaluation costs the same for every optimizer and, with frequent evaluations, is a large part of
-    train_runtime on small tasks; subtracting it leaves the time spent training.
-    """
-    if train_runtime is None:
-        return None
-    in_training = 0.0
-    for entry in history:
-        if "train_runtime" in entry:  # the summary entry: later evaluations ran after train()
-            break
-        in_training += float(entry.get("eval_runtime", 0.0) or 0.0)
-    return max(0.0, float(train_runtime) - in_training)
-
-
-def make_record(
-    spec: RunSpec,
-    rid: str,
-    chash: str,
-    result: dict,
-    training_args,
-    config: dict,
-    elapsed: float,
-    env: dict,
-    command: str,
-    argv: Sequence[str],
-    run_dir: str,
-    threshold: float | None,
-) -> dict:
-    """The results.jsonl line of one finished run."""
-    history = result.get("log_history", [])
-    curve: dict[int, dict] = {}
-    for entry in history:
-        if "eval_accuracy" in entry or "eval_loss" in entry:
-            curve[entry["step"]] = {
-                "step": entry["step"],
-                "epoch": entry.get("epoch"),
-                "eval_loss": json_safe(entry.get("eval_loss")),
-                "eval_accuracy": json_safe(entry.get("eval_accuracy")),
-            }
-    eval_curve = [curve[s] for s in sorted(curve)]
-    train_curve = [{"step": e["step"], "loss": json_safe(e["loss"])} for e in history if "loss" in e]
-    traj = result.get("lr_trajectory") or {}
-    lr_values = [v for v in traj.get("lr", []) if v is not None and math.isfinite(v)]
-    lr_stats = stats.lr_stability(lr_values)
-    ev, tr = dict(result.get("eval", {})), dict(result.get("train", {}))
-    metrics = {
-        "train_time_s": training_time(history, tr.get("train_runtime")),
-        "train_runtime_s": tr.get("train_runtime"),
-        "final_eval_accuracy": ev.get("eval_accuracy"),
-        "final_eval_loss": json_safe(ev.get("eval_loss")),
-        "best_eval_accuracy": max(
-            (p["eval_accuracy"] for p in eval_curve if p["eval_accuracy"] is not None), default=None
-        ),
-        "total_steps": max([e.get("step", 0) for e in history] + list(traj.get("step", [])) + [0]),
-        **{f"lr_{k}": json_safe(v) for k, v in lr_stats.items() if k != "n"},
-    }
-    if threshold is not None:
-        acc = [
-            (p["step"], p["epoch"], p["eval_accuracy"]) for p in eval_curve if p["eval_accuracy"] is not None
-        ]
-        metrics["threshold"] = threshold
-        metrics["steps_to_threshold"] = stats.steps_to_threshold(
-            [a[0] for a in acc], [a[2] for a in acc], threshold
-        )
-        metrics["epochs_to_threshold"] = stats.steps_to_threshold(
-            [a[1] for a in acc], [a[2] for a in acc], threshold
-        )
-    return {
-        "task": spec.task,
-        "optimizer": spec.optimizer,
-        "seed": spec.seed,
-        "learning_rate": float(training_args.learning_rate),
-        "lr_grid": spec.lr,
-        "run_id": rid,
-        "config_hash": chash,
-        "eval": json_safe(ev),
-        "train": json_safe(tr),
-        "eval_curve": eval_curve,
-        "train_loss_curve": train_curve,
-        "lr_trajectory": _downsample(traj),
-        "metrics": metrics,
-        "elapsed_s": elapsed,
-        "config": config,
-        "run_dir": os.path.relpath(run_dir),
-        "train_command": "hf-adaopt train " + shlex.join(argv),
-        "command": command,
-        "environment": {**env["versions"], "device": results.device_description()},  # the threads this run used
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # output directory
 
 
-def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
+def check_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
     """Resume by default; refuse a directory made with another configuration unless overwrite is set.
 
     Everything that would stop the comparison later is checked here, before the first run: the directory must be
     writable, results.jsonl readable (a partial last line is cut off, see repair_results) and compare_config.json
-    valid; ValueError names the file and the fix.
+    valid; ValueError names the file and the fix. With overwrite the artefacts are deleted later
+    (`clear_output_dir`), when every task has been checked.
     """
-    from hf_adaopt.run import ensure_writable_dir
-
     ensure_writable_dir(output_dir)
-    if overwrite:
-        for name in ARTEFACTS:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(output_dir, name))
-        shutil.rmtree(os.path.join(output_dir, results.RUNS_SUBDIR), ignore_errors=True)
     ensure_writable_dir(os.path.join(output_dir, results.RUNS_SUBDIR))
-    existing = results.load_config(output_dir)
-    old = existing.get("config_hash")
+    if overwrite:
+        return
+    old = results.load_config(output_dir).get("config_hash")
     results_path = os.path.join(output_dir, results.RESULTS_FILE)
     if os.path.isfile(results_path):
         results.repair_results(results_path)
@@ -427,123 +267,21 @@ def prepare_output_dir(output_dir: str, chash: str, overwrite: bool) -> None:
         )
 
 
+def clear_output_dir(output_dir: str) -> None:
+    """--overwrite_output_dir: delete this command's artefacts and run directories in `output_dir`."""
+    for name in ARTEFACTS:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output_dir, name))
+    shutil.rmtree(os.path.join(output_dir, results.RUNS_SUBDIR), ignore_errors=True)
+    os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # quiet runs
 
 
-@contextlib.contextmanager
-def _run_output_to(log_path: str):
-    """Send one run's console output (prints, warnings, log records) to its run.log."""
-    with open(log_path, "a", encoding="utf-8") as log:
-        swapped = []
-        console = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
-        for name in (None, "transformers", "hf_adaopt", "accelerate", "datasets"):
-            for h in logging.getLogger(name).handlers:
-                # handlers that write to the console only (not files, not a caller's own capture such as pytest's)
-                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in console:
-                    previous = h.setStream(log)
-                    if previous is not None:
-                        swapped.append((h, previous))
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield log
-        finally:
-            for h, stream in swapped:
-                h.setStream(stream)
-
-
-def _quiet_libraries() -> None:
-    with contextlib.suppress(ImportError):
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    with contextlib.suppress(ImportError):
-        import transformers
-
-        transformers.logging.set_verbosity_warning()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the runner (compare and suite)
-
-
-@dataclass
-class Job:
-    """One run to execute: its grid cell, id, configuration hash and `hf-adaopt train` argv.
-
-    `argv`'s `--output_dir` is the run's directory; `extra` is merged into its results line (the suite adds its
-    workload name)."""
-
-    spec: RunSpec
-    rid: str
-    chash: str
-    argv: list[str]
-    extra: dict = field(default_factory=dict)
-
-
-def _run_dir_of(argv: Sequence[str]) -> str:
-    """The value of the last --output_dir of an argv (the run's directory)."""
-    return argv[max(i for i, a in enumerate(argv) if a == "--output_dir") + 1]
-
-
-def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, threshold: float | None = None,
-             console=sys.stderr, desc: str = "runs") -> int:
-    """Train `jobs` one after the other in this process, appending each record to results.jsonl as it ends.
-
-    Returns 0, or after the first failed run 2 when its data cannot be used (DataFileError, DataUnavailableError), else
-    1 (its traceback goes to the run's run.log; finished runs are kept).
-    """
-    from tqdm.auto import tqdm
-
-    from hf_adaopt import run as run_mod
-
-    results_path = os.path.join(output_dir, results.RESULTS_FILE)
-    with tqdm(total=len(jobs), desc=desc, unit="run", file=console, dynamic_ncols=True) as bar:
-        for job in jobs:
-            spec, rid = job.spec, job.rid
-            run_dir = _run_dir_of(job.argv)
-            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier attempt that did not finish
-            os.makedirs(run_dir)
-            t_args, o_args, tr_args = run_mod.parse_args(job.argv)
-            where = job.extra.get("workload", "")
-            bar.set_postfix_str(
-                f"{where} {spec.optimizer} seed {spec.seed}".strip() + ("" if spec.lr is None else f" lr {spec.lr:g}")
-            )
-            log_path = os.path.join(run_dir, "run.log")
-            start = time.perf_counter()
-            try:
-                with _run_output_to(log_path) as log:
-                    print("hf-adaopt train " + shlex.join(job.argv), file=log, flush=True)
-                    result = run_mod.run_training(t_args, o_args, tr_args)
-            except Exception as e:
-                with open(log_path, "a", encoding="utf-8") as log:
-                    import traceback
-
-                    traceback.print_exc(file=log)
-                bar.close()
-                print(
-                    f"run {rid} failed: {type(e).__name__}: {e}\nThe traceback is in {log_path}. Finished runs are "
-                    "kept in results.jsonl; rerun the same command to resume.",
-                    file=console,
-                )
-                return 2 if isinstance(e, (run_mod.DataFileError, run_mod.DataUnavailableError)) else 1  # 2: bad input
-            elapsed = time.perf_counter() - start
-            record = make_record(
-                spec, rid, job.chash, result, tr_args, results.recorded_config(t_args, o_args, tr_args), elapsed, env,
-                command, job.argv, run_dir, threshold,
-            )
-            record.update(job.extra)
-            results.append_record(results_path, record)
-            stop_if_interrupted()  # a Ctrl-C that a finalizer swallowed during the run: stop now, the run is saved
-            acc = record["eval"].get("eval_accuracy")
-            bar.set_postfix_str(
-                f"last: {where} {spec.optimizer} seed {spec.seed} acc {acc:.4f}".replace("  ", " ")
-                if acc is not None
-                else f"last: {rid}"
-            )
-            bar.update(1)
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -563,32 +301,12 @@ def _without_option(argv: Sequence[str], option: str) -> list[str]:
     return out
 
 
-def _main_tasks(argv: list[str], tasks: list[str], output_dir: str | None, parser) -> int:
-    """One comparison per task, each in its own directory (<output_dir>/<task>, default out/compare-<task>)."""
-    if "--push_to_hub" in argv:
-        parser.error("--push_to_hub takes one --task at a time (one results repo per task)")
-    subs = []
-    for task in tasks:
-        sub = _without_option(_without_option(argv, "--task"), "--output_dir") + ["--task", task]
-        if output_dir is not None:
-            sub += ["--output_dir", os.path.join(output_dir, task)]
-        subs.append(sub)
-    for sub in subs:  # every task's arguments are checked before the first run of the first task
-        _main(sub, check_only=True)
-    status = 0
-    for sub in subs:
-        status = _main(sub) or status
-    return status
-
-
 def _check_push_target(args) -> None:
     if not args.push_to_hub:
         return
     if not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id 'namespace/name'")
     try:
-        from hf_adaopt import hub
-
         hub.check_push_target(args.hub_model_id, args.hub_token)
     except ImportError as e:
         raise ValueError(f"--push_to_hub needs the hub extra: pip install 'hf-adaopt[hub]' ({e})") from None
@@ -598,18 +316,21 @@ def _check_push_target(args) -> None:
         raise ValueError(f"--hub_model_id: {e}") from None
 
 
-def check_run_arguments(task: str, optimizers, lrs, passthrough, epochs, output_dir) -> tuple:
-    """Parse the argv of every distinct run (each optimizer at each lr) as its run will, so that an option `hf-adaopt
-    train` refuses (a typo, a bad value, --optimizer_kwargs an optimizer rejects, a missing data file) stops the
-    comparison before its first run. Returns the parse of the probe run (AdaOpt, seed 0, default lr), whose
-    configuration every run shares."""
-    from hf_adaopt import run as run_mod
+def _probe_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "probe")
 
-    probe_dir = os.path.join(output_dir, "probe")
-    for optimizer in optimizers:
+
+def check_run_arguments(task: str, names, lrs, passthrough, epochs, output_dir) -> dict:
+    """Parse the argv of every distinct run (each optimizer at each lr, seed 0) as its run will, so that an option
+    `hf-adaopt train` refuses (a typo, a bad value, --optimizer_kwargs an optimizer rejects, a missing data file) stops
+    the comparison before its first run. Returns {(optimizer, lr): (TaskArguments, OptimizerArguments,
+    TrainingArguments)}: every run of the grid is one of these with its seed and directory replaced."""
+    parsed = {}
+    for optimizer in names:
         for lr in lrs:
             try:
-                run_mod.parse_args(run_argv(RunSpec(task, optimizer, 0, lr), passthrough, probe_dir, epochs))
+                parsed[(optimizer, lr)] = run_mod.parse_args(
+                    run_argv(RunSpec(task, optimizer, 0, lr), passthrough, _probe_dir(output_dir), epochs))
             except run_mod.UnknownArgumentsError as e:
                 raise ValueError(
                     f"{e.describe(build_parser())} `hf-adaopt compare --help` lists compare's own options; the "
@@ -617,34 +338,11 @@ def check_run_arguments(task: str, optimizers, lrs, passthrough, epochs, output_
                 ) from None
             except ValueError as e:
                 raise ValueError(f"{e} (in the {optimizer} runs{'' if lr is None else f' at lr {lr:g}'})") from None
-    return run_mod.parse_args(run_argv(RunSpec(task, "adaopt", 0, None), passthrough, probe_dir, epochs))
-
-
-class _Interrupt:
-    """Ctrl-C: a SIGINT raises KeyboardInterrupt as usual and is also remembered, because Python drops an exception
-    raised inside a finalizer (`__del__`), and accelerate runs gc.collect() at the end of every training run."""
-
-    interrupted = False
-
-    def handler(self, signum, frame):
-        self.interrupted = True
-        raise KeyboardInterrupt
-
-
-_INTERRUPT = _Interrupt()
-
-
-def stop_if_interrupted() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C was pressed since compare started, even if its exception was lost."""
-    if _INTERRUPT.interrupted:
-        raise KeyboardInterrupt
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
     """`hf-adaopt compare`; Ctrl-C stops it with exit status 130 and says how to resume (no traceback)."""
-    import signal
-    import threading
-
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, _INTERRUPT.handler)
@@ -666,22 +364,59 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, passthrough = parser.parse_known_args(argv)
-    from hf_adaopt.tasks import TASK_NAMES
+@dataclass
+class Comparison:
+    """One task's comparison, parsed and checked: the grid, where it goes, and the parse of each distinct run."""
 
+    args: argparse.Namespace  # compare's own options, with this task's --task and --output_dir
+    command: str  # `hf-adaopt compare ...` as recorded (for several tasks: this task's share of the command)
+    output_dir: str
+    names: list[str]
+    seeds: list[int]
+    lrs: list[float | None]
+    passthrough: list[str]  # `hf-adaopt train` options of every run, the task's compare defaults first
+    shard: tuple[int, int]
+    parsed: dict  # (optimizer, lr) -> (TaskArguments, OptimizerArguments, TrainingArguments) of its seed-0 run
+    probe: tuple  # the parse of the probe run (AdaOpt, seed 0, default lr), whose configuration every run shares
+    config_hash: str  # of the probe's configuration
+
+    @property
+    def task(self) -> str:
+        return self.args.task
+
+
+def _task_argv(argv: list[str], task: str, output_dir: str | None) -> list[str]:
+    """One task's share of a several-task command line: --task TASK, --output_dir OUTPUT_DIR/TASK."""
+    sub = _without_option(_without_option(argv, "--task"), "--output_dir") + ["--task", task]
+    return sub + (["--output_dir", os.path.join(output_dir, task)] if output_dir is not None else [])
+
+
+def parse(argv: list[str], parser: argparse.ArgumentParser) -> list[Comparison]:
+    """Every task's comparison, each checked before the first run of the first (argparse's exit 2 otherwise)."""
+    args, passthrough = parser.parse_known_args(argv)
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown or not tasks:
         parser.error(f"--task {args.task!r}: unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
-    if len(tasks) > 1:
-        return _main_tasks(argv, tasks, args.output_dir, parser)
-    console = sys.stderr
-    task = args.task.strip()
+    if len(tasks) == 1:
+        args.task = tasks[0]
+        return [_parse_task(args, passthrough, "hf-adaopt compare " + shlex.join(argv), parser)]
+    if args.push_to_hub:
+        parser.error("--push_to_hub takes one --task at a time (one results repo per task)")
+    comparisons = []
+    for task in tasks:
+        task_args = argparse.Namespace(**vars(args))
+        task_args.task = task
+        if args.output_dir is not None:
+            task_args.output_dir = os.path.join(args.output_dir, task)
+        command = "hf-adaopt compare " + shlex.join(_task_argv(argv, task, args.output_dir))
+        comparisons.append(_parse_task(task_args, list(passthrough), command, parser))
+    return comparisons
+
+
+def _parse_task(args, passthrough: list[str], command: str, parser) -> Comparison:
+    task = args.task
     output_dir = args.output_dir or os.path.join("out", f"compare-{task}")
-    epochs = args.num_train_epochs
     try:
         for opt in _PER_RUN_OPTIONS:
             if any(a == opt or a.startswith(opt + "=") for a in passthrough):
@@ -689,8 +424,8 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
                     f"{opt} is set per run by compare; use --seeds/--seed_list, --optimizers, --output_dir, "
                     "--push_to_hub/--hub_model_id of `hf-adaopt compare` instead"
                 )
-        shard_index, shard_count = parse_shard(args.shard)
-        optimizers = resolve_optimizers(args.optimizers)
+        shard = parse_shard(args.shard)
+        names = resolve_optimizers(args.optimizers)
         if args.seed_list is not None:
             seeds = _seed_list(args.seed_list)
         else:
@@ -712,88 +447,106 @@ def _main(argv: list[str] | None = None, check_only: bool = False) -> int:
                 f"{args.threshold_fraction}"
             )
         _check_push_target(args)
-        passthrough = task_defaults(task, passthrough, epochs) + passthrough
-        p_task, p_opt, p_train = check_run_arguments(task, optimizers, lrs, passthrough, epochs, output_dir)
-        shared_hash = results.config_hash(results.canonical_config(p_task, p_opt, p_train))
-        prepare_output_dir(output_dir, shared_hash, args.overwrite_output_dir and not check_only)
+        passthrough = task_defaults(task, passthrough, args.num_train_epochs) + passthrough
+        parsed = check_run_arguments(task, names, lrs, passthrough, args.num_train_epochs, output_dir)
+        probe = parsed.get(("adaopt", None)) or run_mod.parse_args(
+            run_argv(RunSpec(task, "adaopt", 0, None), passthrough, _probe_dir(output_dir), args.num_train_epochs))
+        chash = results.config_hash(results.canonical_config(*probe))
+        check_output_dir(output_dir, chash, args.overwrite_output_dir)
     except ValueError as e:
         parser.error(str(e))
-    if check_only:
-        return 0
+    return Comparison(args, command, output_dir, names, seeds, lrs, passthrough, shard, parsed, probe, chash)
 
-    from hf_adaopt import run as run_mod
 
-    _quiet_libraries()
-    command = "hf-adaopt compare " + shlex.join(argv)
-    env = results.environment()
+def plan(c: Comparison) -> tuple[list[RunSpec], list[Job]]:
+    """This shard's part of the grid, and a Job for each of its runs not yet in results.jsonl.
+
+    A run's arguments are its (optimizer, lr) parse with its seed and directory replaced: parsed once, not per run.
+    """
+    grid = build_grid(c.task, c.names, c.seeds, c.lrs)
+    mine = shard_grid(grid, *c.shard)
+    done = results.finished_run_ids(c.output_dir)
+    jobs = []
+    for spec in mine:
+        t_args, o_args, tr_args = c.parsed[(spec.optimizer, spec.lr)]
+        chash = results.config_hash(results.canonical_config(t_args, o_args, tr_args))
+        rid = run_id(spec, chash)
+        if rid in done:
+            continue
+        run_dir = os.path.join(c.output_dir, results.RUNS_SUBDIR, rid)
+        args = (t_args, o_args, dataclasses.replace(tr_args, seed=spec.seed, output_dir=run_dir))
+        jobs.append(Job(spec, rid, chash, run_argv(spec, c.passthrough, run_dir, c.args.num_train_epochs), args=args))
+    return mine, jobs
+
+
+def execute(c: Comparison, env: dict, console) -> int:
+    """Record the comparison's configuration, then train its runs that are not finished (0, or run_jobs' status)."""
+    args = c.args
+    if args.overwrite_output_dir:
+        clear_output_dir(c.output_dir)
     results.write_config(
-        output_dir,
+        c.output_dir,
         {
-            "command": command,
+            "command": c.command,
             "args": vars(args),
-            "passthrough": passthrough,
-            "config_hash": shared_hash,
-            "run_config": results.canonical_config(p_task, p_opt, p_train),
+            "passthrough": c.passthrough,
+            "config_hash": c.config_hash,
+            "run_config": results.canonical_config(*c.probe),
             "threshold": args.threshold,
             "threshold_fraction": args.threshold_fraction,
-            "grid": {"task": task, "optimizers": optimizers, "seeds": seeds, "learning_rates": lrs},
+            "grid": {"task": c.task, "optimizers": c.names, "seeds": c.seeds, "learning_rates": c.lrs},
             "environment": env,
         },
     )
-
-    grid = build_grid(task, optimizers, seeds, lrs)
-    mine = shard_grid(grid, shard_index, shard_count)
-    done = results.finished_run_ids(output_dir)
-    plans = []
-    for spec in mine:
-        run_dir = os.path.join(output_dir, results.RUNS_SUBDIR, "pending")
-        spec_argv = run_argv(spec, passthrough, run_dir, epochs)
-        t_args, o_args, tr_args = run_mod.parse_args(spec_argv)
-        chash = results.config_hash(results.canonical_config(t_args, o_args, tr_args))
-        rid = run_id(spec, chash)
-        if rid not in done:
-            plans.append((spec, rid, chash))
+    mine, jobs = plan(c)
+    n_grid = len(c.names) * len(c.seeds) * len(c.lrs)
+    shard_index, shard_count = c.shard
     shard_txt = f" (shard {shard_index}/{shard_count}: {len(mine)})" if shard_count > 1 else ""
     print(
-        f"compare {task}: {len(grid)} runs in the grid{shard_txt}, {len(mine) - len(plans)} already finished "
-        f"in {output_dir}, {len(plans)} to run",
+        f"compare {c.task}: {n_grid} runs in the grid{shard_txt}, {len(mine) - len(jobs)} already finished "
+        f"in {c.output_dir}, {len(jobs)} to run",
         file=console,
         flush=True,
     )
+    return run_jobs(jobs, c.output_dir, env, c.command, threshold=args.threshold, console=console)
 
-    results_path = os.path.join(output_dir, results.RESULTS_FILE)
-    jobs = [Job(spec, rid, chash, run_argv(spec, passthrough, os.path.join(output_dir, results.RUNS_SUBDIR, rid), epochs))
-            for spec, rid, chash in plans]
-    failed = run_jobs(jobs, output_dir, env, command, threshold=args.threshold, console=console)
-    if failed:
-        return failed
 
-    result = report_mod.build_report(output_dir, args.threshold, args.threshold_fraction)
+def finish(c: Comparison, console) -> int:
+    """The report, the push (--push_to_hub) and the summary table; 1 when the push failed, else 0."""
+    args = c.args
+    result = report_mod.build_report(c.output_dir, args.threshold, args.threshold_fraction)
     status = 0
     print(
-        f"wrote {results_path}, results.json, report.md and {len(result['plots'])} plots to {output_dir}",
+        f"wrote {os.path.join(c.output_dir, results.RESULTS_FILE)}, results.json, report.md and "
+        f"{len(result['plots'])} plots to {c.output_dir}",
         file=console,
     )
     if args.push_to_hub:
-        from hf_adaopt.hub import push_comparison
-
         try:
-            push_comparison(
-                output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
-            )
-            print(f"pushed {output_dir} to {args.hub_model_id}", file=console)
-        except Exception as e:  # the hub module's errors name the problem and the fix
-            print(
-                f"push to {args.hub_model_id} failed: {e}\nlocal results are kept in {output_dir}",
-                file=console,
-            )
+            hub.push_comparison(c.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+            print(f"pushed {c.output_dir} to {args.hub_model_id}", file=console)
+        except (hub.HubPushError, ValueError, OSError) as e:  # the hub module's errors name the problem and the fix
+            print(f"push to {args.hub_model_id} failed: {e}\nlocal results are kept in {c.output_dir}", file=console)
             status = 1
     console.flush()
     print()
-    print(report_mod.summary_table(result))
+    print(render.summary_table(result))
     sys.stdout.flush()
     return status
 
+
+def _main(argv: list[str] | None = None) -> int:
+    """parse / plan / execute / finish, one task after the other (every task checked before the first run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    comparisons = parse(argv, build_parser())
+    quiet_libraries()
+    console = sys.stderr
+    status = 0
+    for c in comparisons:
+        env = results.environment()
+        failed = execute(c, env, console)
+        status = failed or finish(c, console) or status  # a failed run skips its task's report, not the next task
+    return status
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,6 @@
 """PNG plots of a comparison: eval curves with CI bands, the lr each optimizer applied, final accuracies, and the
-lr-sensitivity curve. Called by `hf_adaopt.report.build_report`; matplotlib (Agg) is imported lazily.
+lr-sensitivity curve, drawn from `hf_adaopt.analysis.analyze`'s result for `hf_adaopt.report.build_report`.
+matplotlib (Agg) is imported lazily: reading `PLOT_FILES` or the analysis needs no matplotlib.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from hf_adaopt import stats
-from hf_adaopt.report import (
-    PLOT_FILES,
-    REFERENCE,
-    _finite,
-    _grid_order,
-    _label,
-    _order_key,
-    eval_curve,
-    group_runs,
-)
+from hf_adaopt import optimizers, stats
+from hf_adaopt.analysis import REFERENCE, eval_curve, finite, grid_order, group_label, group_runs
+
+PLOT_FILES = {
+    "accuracy": "eval_accuracy_vs_step.png",
+    "loss": "eval_loss_vs_step.png",
+    "lr": "effective_lr.png",
+    "final": "final_accuracy.png",
+    "sensitivity": "lr_sensitivity.png",
+}
 
 
 def _colors(names: Sequence[str]) -> dict[str, Any]:
@@ -118,8 +118,8 @@ def plot_curves(groups, key: str, ylabel: str, path: str, seed: int, scale: floa
     Accuracy gets a second panel per lr zoomed on the top ZOOM_POINTS points, where the optimizers that
     converge differ by fractions of a point.
     """
-    lrs = sorted({lr for _, lr in groups}, key=_grid_order)
-    names = sorted({n for n, _ in groups}, key=_order_key)
+    lrs = sorted({lr for _, lr in groups}, key=grid_order)
+    names = sorted({n for n, _ in groups}, key=optimizers.order_key)
     styles = _styles(names)
     zoom = key == "eval_accuracy"
     panels = 2 * len(lrs) if zoom else len(lrs)
@@ -161,10 +161,8 @@ def _constant_lr(runs: Sequence[dict]) -> float | None:
 
 def plot_lr(groups, path: str) -> bool:
     """Per-run lr trajectories (log scale); optimizers with one constant lr are drawn as one labelled dashed line."""
-    from hf_adaopt.baselines import LR_FREE
-
-    lrs = sorted({lr for _, lr in groups}, key=_grid_order)
-    names = sorted({n for n, _ in groups}, key=_order_key)
+    lrs = sorted({lr for _, lr in groups}, key=grid_order)
+    names = sorted({n for n, _ in groups}, key=optimizers.order_key)
     colors = _colors(names)
     fig, axes = _new_figure(len(lrs))
     drawn = False
@@ -200,7 +198,7 @@ def plot_lr(groups, path: str) -> bool:
         for value, members in sorted(constant.items()):
             if value <= 0:
                 continue
-            peers = [m for m in members if m in LR_FREE]
+            peers = [m for m in members if m in optimizers.LR_FREE]
             note = " (lr multiplier; their own step-size estimate is not recorded)" if peers else ""
             ax.axhline(value, color="grey", ls="--", lw=1.2)
             ax.annotate(
@@ -239,8 +237,8 @@ def plot_final(result: dict, groups, path: str) -> bool:
     rng = np.random.default_rng(0)
     labels = []
     for i, g in enumerate(result["groups"]):
-        vals = np.asarray(_finite(g["metrics"]["eval_accuracy"]["values"])) * 100
-        labels.append(_label(g["optimizer"], g["lr_grid"], multi_lr))
+        vals = np.asarray(finite(g["metrics"]["eval_accuracy"]["values"])) * 100
+        labels.append(group_label(g["optimizer"], g["lr_grid"], multi_lr))
         if not vals.size:
             continue
         ax.scatter(

@@ -34,6 +34,7 @@ logger = get_logger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "compare_config.json"
+SUITE_CONFIG_FILE = "suite_config.json"  # in place of compare_config.json in a `hf-adaopt suite` directory
 RESULTS_JSON = "results.json"
 REPORT_FILE = "report.md"
 RUN_CONFIG_FILE = "run_config.json"

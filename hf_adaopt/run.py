@@ -30,13 +30,14 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hf_adaopt import results
-from hf_adaopt.baselines import DEFAULT_LR, OPTIMIZERS, build_optimizer
+from hf_adaopt import hub, optimizers, results
+from hf_adaopt.hub import HubPushError
 from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task
 from hf_adaopt.tasks.base import DataFileError, check_data_files
@@ -50,15 +51,17 @@ DEFAULT_EVAL_BATCH_SIZE = 128  # evaluation only: does not change the results, o
 
 @dataclass
 class OptimizerArguments:
-    optimizer: str = field(default="adaopt", metadata={"help": f"One of: {', '.join(OPTIMIZERS)}."})
+    optimizer: str = field(default="adaopt", metadata={"help": f"One of: {', '.join(optimizers.OPTIMIZERS)}."})
     optimizer_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "JSON dict of extra constructor arguments, e.g. '{\"d0\": 1e-4}' for prodigy."},
     )
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        if self.optimizer not in optimizers.OPTIMIZERS:
+            raise ValueError(
+                f"Unknown --optimizer {self.optimizer!r}; choose one of {', '.join(optimizers.OPTIMIZERS)}."
+            )
         if isinstance(self.optimizer_kwargs, str):
             try:
                 self.optimizer_kwargs = json.loads(self.optimizer_kwargs)
@@ -118,7 +121,7 @@ def check_optimizer(opt_args: OptimizerArguments, training_args) -> None:
     kwargs = _optimizer_kwargs(opt_args, training_args)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # some peers print their settings when built
-            build_optimizer(opt_args.optimizer, [torch.nn.Parameter(torch.zeros(1))], **kwargs)
+            optimizers.build_optimizer(opt_args.optimizer, [torch.nn.Parameter(torch.zeros(1))], **kwargs)
     except (ValueError, TypeError) as exc:
         extra = f" (--optimizer_kwargs {json.dumps(opt_args.optimizer_kwargs)})" if opt_args.optimizer_kwargs else ""
         raise ValueError(f"--optimizer {opt_args.optimizer}{extra} refuses its arguments: {exc}") from None
@@ -127,12 +130,10 @@ def check_optimizer(opt_args: OptimizerArguments, training_args) -> None:
 def check_push_target(training_args) -> None:
     """With --push_to_hub: the repo id (--hub_model_id, else --output_dir's name) and what the push needs locally (a
     token, no offline mode), checked before hours of training rather than after them."""
-    from hf_adaopt import hub
-
     repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     try:
         hub.check_push_target(repo_id, training_args.hub_token)
-    except hub.HubPushError as exc:
+    except HubPushError as exc:
         raise ValueError(f"--push_to_hub: {exc}") from None
     except ValueError as exc:
         if training_args.hub_model_id:
@@ -206,7 +207,7 @@ def seed_defaults(task: str, optimizer: str) -> dict[str, Any]:
     """The `TrainingArguments` values a run uses when the command line does not set them."""
     return {
         "output_dir": os.path.join("out", f"{task}-{optimizer}"),
-        "learning_rate": DEFAULT_LR[optimizer],
+        "learning_rate": optimizers.get(optimizer).default_lr,
         "per_device_train_batch_size": 32,
         "per_device_eval_batch_size": DEFAULT_EVAL_BATCH_SIZE,
         "num_train_epochs": get_task(task).DEFAULT_EPOCHS,
@@ -308,15 +309,11 @@ class OptimizerFactory:
     def __call__(self, model, *, lr, weight_decay=0.0, **kwargs):
         from hf_adaopt.trainer import param_groups
 
-        return build_optimizer(self.name, param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
+        return optimizers.build_optimizer(self.name, param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 def _optimizer_kwargs(opt_args: OptimizerArguments, training_args) -> dict[str, Any]:
-    kwargs = {"lr": training_args.learning_rate, "weight_decay": training_args.weight_decay}
-    if opt_args.optimizer not in ("sgd", "rmsprop", "dog"):
-        kwargs["betas"] = (training_args.adam_beta1, training_args.adam_beta2)
-    if opt_args.optimizer != "sgd":
-        kwargs["eps"] = training_args.adam_epsilon
+    kwargs = optimizers.get(opt_args.optimizer).training_kwargs(training_args)
     kwargs.update(opt_args.optimizer_kwargs or {})
     return kwargs
 
@@ -332,8 +329,6 @@ def run_training(
 
     from hf_adaopt.callback import AdaOptCallback, LRTrajectoryCallback
 
-    if opt_args.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {opt_args.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     push_to_hub = bool(training_args.push_to_hub)
     if push_to_hub:
         # hf_adaopt.hub publishes after every local file is written; Trainer's own push would contact the Hub
@@ -396,10 +391,8 @@ def run_training(
         results.write_atomic(os.path.join(training_args.output_dir, results.RUN_CONFIG_FILE),
                              json.dumps(run_config, indent=2))
         if push_to_hub:
-            from hf_adaopt.hub import push_run
-
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            push_run(
+            hub.push_run(
                 training_args.output_dir,
                 repo_id=repo_id,
                 token=training_args.hub_token,
@@ -419,8 +412,6 @@ def _command(argv: list[str] | None) -> str:
     """The command line as typed, for run_config.json: `hf-adaopt train ...`, or the script's path and arguments."""
     if argv is not None:  # through the hf-adaopt command (cli.main passes the arguments after `train`)
         return "hf-adaopt train " + shlex.join(argv)
-    import shutil
-
     script = sys.argv[0]
     if shutil.which(os.path.basename(script)) == os.path.abspath(script):
         script = os.path.basename(script)  # an executable on PATH (hf-adaopt): its name, not where it is installed
@@ -449,11 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataUnavailableError, DataFileError) as exc:
         print(f"hf-adaopt train: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if type(exc).__name__ == "HubPushError":  # local results are written; only the push failed
-            print(f"error: {exc}", file=sys.stderr)
-            return 3
-        raise
+    except HubPushError as exc:  # local results are written; only the push failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if training_args.process_index == 0:
         print(result["eval"])
     return 0

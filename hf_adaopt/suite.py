@@ -7,7 +7,7 @@
 
 Every workload is a task of `hf-adaopt train` with fixed settings (`WORKLOADS`), on real data that installs
 offline (`hf_adaopt.tasks.offline_data`), trained through the same Trainer path as `train` and `compare`
-(`compare.run_jobs`), with a constant schedule and no warmup. The grid (`default_cells`): AdaOpt from every
+(`runner.run_jobs`), with a constant schedule and no warmup. The grid (`default_cells`): AdaOpt from every
 initial lr in 1e-6 ... 1e-1 (one per decade), AdamW over the same range in half decades (its best cell is the
 "best-tuned" baseline), Adam, SGD (momentum 0.9) and RMSprop at the seed's 1e-3, and the learning-rate-free
 peers at their documented defaults (Schedule-Free AdamW at its default 2.5e-3 and at 1e-3 / 1e-2).
@@ -33,11 +33,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hf_adaopt import compare, results
+from hf_adaopt import compare, results, runner
+from hf_adaopt.results import SUITE_CONFIG_FILE as CONFIG_FILE
 
 DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
 DEFAULT_SEEDS = 2
-CONFIG_FILE = "suite_config.json"
 
 
 @dataclass(frozen=True)
@@ -135,13 +135,13 @@ def default_cells(optimizers: Sequence[str], lrs: Sequence[float] | None = None)
 
 
 def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds: Sequence[int],
-                     lrs: Sequence[float] | None = None) -> list[tuple[str, compare.RunSpec]]:
+                     lrs: Sequence[float] | None = None) -> list[tuple[str, runner.RunSpec]]:
     """(workload, RunSpec) in run order: seed by seed, then workload, then cell (interleaved like compare)."""
     grid = []
     for seed in sorted(seeds):
         for name in workloads:
             task = WORKLOADS[name].task
-            grid += [(name, compare.RunSpec(task, opt, seed, lr)) for opt, lr in default_cells(optimizers, lrs)]
+            grid += [(name, runner.RunSpec(task, opt, seed, lr)) for opt, lr in default_cells(optimizers, lrs)]
     return grid
 
 
@@ -153,8 +153,8 @@ def optimizer_source_hash() -> str:
         return hashlib.sha256(f.read()).hexdigest()[:8]
 
 
-def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[compare.Job]:
-    """A `compare.Job` per grid cell, with the run_id <workload>-<optimizer>-lr<lr>-seed<seed>-<hash>."""
+def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.Job]:
+    """A `runner.Job` per grid cell, with the run_id <workload>-<optimizer>-lr<lr>-seed<seed>-<hash>."""
     import torch
 
     adaopt_hash = optimizer_source_hash()
@@ -172,8 +172,8 @@ def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[compare
         chash = results.config_hash(config)
         lr = "default" if spec.lr is None else f"{spec.lr:g}"
         rid = f"{name}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
-        argv = compare.run_argv(spec, args, os.path.join(output_dir, results.RUNS_SUBDIR, rid), None)
-        jobs.append(compare.Job(spec, rid, chash, argv, extra={"workload": name, "metric": workload.metric}))
+        argv = runner.run_argv(spec, args, os.path.join(output_dir, results.RUNS_SUBDIR, rid), None)
+        jobs.append(runner.Job(spec, rid, chash, argv, extra={"workload": name, "metric": workload.metric}))
     return jobs
 
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         suite_report.build_report(output_dir)
         return 0
     os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR), exist_ok=True)
-    compare._quiet_libraries()
+    runner.quiet_libraries()
     grid = build_suite_grid(settings["workloads"], settings["optimizers"], settings["seeds"], settings["lrs"])
     jobs = plan_jobs(grid, output_dir, passthrough)
     shard_index, shard_count = settings["shard"]
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "environment": results.environment(),
         })
     done = results.finished_run_ids(output_dir)
-    todo = [j for j in compare.shard_grid(jobs, shard_index, shard_count) if j.rid not in done]
+    todo = [j for j in runner.shard_grid(jobs, shard_index, shard_count) if j.rid not in done]
     print(f"suite: {len(jobs)} runs in the grid ({len(settings['workloads'])} workloads), "
           f"{len(jobs) - len([j for j in jobs if j.rid not in done])} already finished in {output_dir}, "
           f"{len(todo)} to run", file=console, flush=True)
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
             torch.set_num_threads(1)  # small models: threads only add synchronization (see tasks/digits.py)
-        status = compare.run_jobs(todo, output_dir, results.environment(), command, console=console, desc="suite")
+        status = runner.run_jobs(todo, output_dir, results.environment(), command, console=console, desc="suite")
     if status != 0 or args.no_report:
         return status
     result = suite_report.build_report(output_dir)

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hf_adaopt import report as report_mod
-from hf_adaopt import results, stats
+from hf_adaopt import optimizers, render, results, stats
+from hf_adaopt.results import SUITE_CONFIG_FILE as CONFIG_FILE
 
 TOLERANCE = 1.0  # points of accuracy, or percent of bpc: "within tolerance of the best-tuned AdamW"
 THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final training loss
@@ -36,8 +36,6 @@ LABELS = {
 
 def load(output_dir: str) -> tuple[dict, list[dict]]:
     """The suite's configuration and the records of its current grid (results of older grids are ignored)."""
-    from hf_adaopt.suite import CONFIG_FILE
-
     path = os.path.join(output_dir, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -115,7 +113,7 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
     for r in records:
         groups.setdefault((r["optimizer"], r["lr_grid"]), []).append(r)
     cells = []
-    for (opt, lr), runs in sorted(groups.items(), key=lambda kv: (report_mod._order_key(kv[0][0]),
+    for (opt, lr), runs in sorted(groups.items(), key=lambda kv: (optimizers.order_key(kv[0][0]),
                                                                   kv[0][1] is None, kv[0][1] or 0.0)):
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [final_value(r) for r in runs]
@@ -253,7 +251,7 @@ def _fmt_value(c: dict, metric: str) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    return report_mod._markdown_table(header, rows)
+    return render.markdown_table(header, rows)
 
 
 def summary_markdown(result: dict) -> str:
@@ -263,7 +261,7 @@ def summary_markdown(result: dict) -> str:
     header = ["optimizer (default lr)", *[f"{n} ({'pts' if metric[n] == 'accuracy' else '% bpc'})" for n in names],
               "mean rank", "worst gap"]
     rows = []
-    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], report_mod._order_key(o)))
+    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], optimizers.order_key(o)))
     for opt in order:
         s = result["summary"][opt]
         lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
@@ -422,7 +420,7 @@ def workload_markdown(w: dict, spec: dict) -> str:
         lines += ["", "AdaOpt at its default against each optimizer at its default (difference = other − AdaOpt):",
                   ""]
         rows = [[LABELS.get(t["optimizer"], t["optimizer"]), _lr(t["lr"]), f"{t['diff']:+.3f}",
-                 report_mod._pval(t.get("welch_p_holm")), report_mod._pval(t.get("mwu_p_holm"))] for t in w["tests"]]
+                 render.pval(t.get("welch_p_holm")), render.pval(t.get("mwu_p_holm"))] for t in w["tests"]]
         lines.append(_table(["optimizer", "lr", "difference", "p Welch (Holm)", "p MWU (Holm)"], rows))
     return "\n".join(lines)
 

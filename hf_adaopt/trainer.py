@@ -30,6 +30,7 @@ from transformers import TrainingArguments, get_constant_schedule
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
+from hf_adaopt import optimizers
 from hf_adaopt.logs import get_logger
 from hf_adaopt.optimizer import AdaOpt
 
@@ -62,13 +63,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def _adaopt_kwargs(args: TrainingArguments, overrides: dict[str, Any]) -> dict[str, Any]:
-    kwargs = {
-        "lr": args.learning_rate,
-        "betas": (args.adam_beta1, args.adam_beta2),
-        "eps": args.adam_epsilon,
-    }
-    kwargs.update(overrides)
-    return kwargs
+    """lr, betas and eps from `args` (the registry's TrainingArguments of AdaOpt; the weight decay goes to the
+    param groups), then `overrides`."""
+    kwargs = optimizers.get("adaopt").training_kwargs(args)
+    del kwargs["weight_decay"]
+    return {**kwargs, **overrides}
 
 
 def _check_scheduler(args: TrainingArguments) -> None:

@@ -226,14 +226,3 @@ def test_lr_trajectory_callback_writes_json_for_any_optimizer(tmp_path, tiny_mod
     assert written["optimizer"] == "AdamW"
     assert written["step"] == [1, 2, 3, 4]
     assert written["lr"] == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
-
-
-def test_step_size_reads_the_adapted_scale_of_learning_rate_free_optimizers():
-    import torch
-
-    from hf_adaopt.callback import step_size
-
-    assert step_size({"lr": 1e-3}) == 1e-3
-    assert step_size({"lr": 0.5, "d": 2e-4}) == 1e-4  # Prodigy / D-Adaptation: lr is a multiplier of d
-    assert step_size({"lr": 1.0, "eta": [torch.tensor(3e-5)]}) == pytest.approx(3e-5)  # DoG
-    assert step_size({"lr": 1e-3, "scheduled_lr": 2.5e-4}) == 2.5e-4  # Schedule-Free during its warmup

@@ -5,8 +5,9 @@ import os
 import shutil
 
 import pytest
+from test_report import assert_report_sections
 
-from hf_adaopt import compare, report
+from hf_adaopt import analysis, compare, plots, report, runner
 from hf_adaopt import run as run_mod
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,20 +68,11 @@ def test_tiny_compare_writes_all_artefacts(tiny_compare):
     data = json.loads((out / "results.json").read_text())
     assert {"groups", "comparisons", "threshold", "environment", "command", "summary", "plots"} <= set(data)
     assert [g["optimizer"] for g in data["groups"]] == ["adaopt", "sgd"]
-    assert {c["metric"] for c in data["comparisons"]} == {m for m, *_ in report.TESTED_METRICS}
+    assert {c["metric"] for c in data["comparisons"]} == {m for m, *_ in analysis.TESTED_METRICS}
     assert data["command"].startswith("hf-adaopt compare --optimizers adaopt,sgd")
     assert "torch" in data["environment"] and "device" in data["environment"]
 
-    md = (out / "report.md").read_text()
-    for section in (
-        "## Summary",
-        "## Setup",
-        "## Results per optimizer",
-        "## AdaOpt vs baselines",
-        "## Plots",
-        "## Final eval dicts (Trainer format)",
-    ):
-        assert section in md
+    assert_report_sections((out / "report.md").read_text())
     from matplotlib import image
 
     assert len(data["plots"]) == 4
@@ -91,7 +83,8 @@ def test_tiny_compare_writes_all_artefacts(tiny_compare):
     assert config["grid"]["optimizers"] == ["adaopt", "sgd"] and config["grid"]["seeds"] == [0, 1]
 
 
-def test_console_output_ends_with_the_summary_table(tmp_path, capsys):
+def test_console_output_ends_with_the_summary_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_mod, "run_training", fake_run_training)
     out = tmp_path / "c"
     assert compare.main(["--optimizers", "adaopt", "--seeds", "1", "--output_dir", str(out), *TINY]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
@@ -112,10 +105,10 @@ def test_report_rebuilds_from_results_jsonl_alone(tiny_compare, tmp_path):
 
 
 class CountingRuns:
-    """Wraps run_training: counts the runs it starts and can fail one to simulate an interruption."""
+    """Stands in for run_training (`fake_run_training`): counts the runs it starts and can fail one to simulate an
+    interruption."""
 
     def __init__(self, fail_at=None):
-        self.real = run_mod.run_training
         self.started = []
         self.fail_at = fail_at
 
@@ -123,7 +116,7 @@ class CountingRuns:
         self.started.append((opt_args.optimizer, training_args.seed))
         if self.fail_at is not None and len(self.started) == self.fail_at:
             raise RuntimeError("simulated crash in the middle of a comparison")
-        return self.real(task_args, opt_args, training_args)
+        return fake_run_training(task_args, opt_args, training_args)
 
 
 def test_resume_after_an_interruption_reruns_nothing_that_finished(tmp_path, monkeypatch, capsys):
@@ -192,10 +185,10 @@ def test_config_mismatch_is_refused_unless_overwrite_output_dir(tmp_path, monkey
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_shards_partition_the_grid(count):
-    grid = compare.build_grid("digits", ["adaopt", "sgd", "adam"], [0, 1, 2, 3, 4], [1e-4, 1e-3])
-    shards = [compare.shard_grid(grid, i, count) for i in range(count)]
+    grid = runner.build_grid("digits", ["adaopt", "sgd", "adam"], [0, 1, 2, 3, 4], [1e-4, 1e-3])
+    shards = [runner.shard_grid(grid, i, count) for i in range(count)]
     flat = [spec for shard in shards for spec in shard]
-    key = compare.RunSpec.sort_key
+    key = runner.RunSpec.sort_key
     assert sorted(flat, key=key) == sorted(grid, key=key) and len(set(flat)) == len(grid) == 30
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
@@ -228,7 +221,7 @@ def test_lr_sweep_runs_every_optimizer_at_every_lr(tmp_path, monkeypatch):
         ("sgd", 1e-2, 1e-2),
     ]
     data = json.loads((out / "results.json").read_text())
-    assert report.PLOT_FILES["sensitivity"] in data["plots"]
+    assert plots.PLOT_FILES["sensitivity"] in data["plots"]
     assert data["lr_sweep"]["optimizers"]["adaopt"]["vs_overall_best"]["n_total"] == 2
 
 
@@ -294,7 +287,7 @@ def test_several_tasks_get_one_comparison_each(tmp_path, monkeypatch):
 
 
 def test_run_order_interleaves_seeds_and_rotates_optimizers():
-    grid = compare.build_grid("digits", ["sgd", "adaopt", "adam"], [1, 0], [None])
+    grid = runner.build_grid("digits", ["sgd", "adaopt", "adam"], [1, 0], [None])
     assert [(s.seed, s.optimizer) for s in grid] == [
         (0, "adaopt"),
         (0, "sgd"),
@@ -313,5 +306,5 @@ def test_training_time_excludes_the_evaluations_during_training():
         {"train_runtime": 3.0, "step": 4},
         {"eval_runtime": 0.5, "eval_accuracy": 0.6, "step": 4},  # the final evaluate(), after train()
     ]
-    assert compare.training_time(history, 3.0) == 2.25
-    assert compare.training_time(history, None) is None
+    assert runner.training_time(history, 3.0) == 2.25
+    assert runner.training_time(history, None) is None

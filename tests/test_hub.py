@@ -21,7 +21,7 @@ import yaml
 from hub_server import FakeHub  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 from huggingface_hub import DatasetCard, ModelCard
 
-from hf_adaopt import hub
+from hf_adaopt import cards, hub
 
 TOKEN = "hf_alice_write_token"
 USER = "alice"
@@ -357,7 +357,7 @@ def test_real_digits_run_pushes_with_its_measured_numbers(fake_hub, tmp_path, mo
     assert got == {"accuracy": eval_results["eval_accuracy"], "loss": eval_results["eval_loss"]}
     assert "(`AdaOpt`)" in card.text and "## What the optimizer did" in card.text
     recorded = json.loads((out / "run_config.json").read_text())["command"]  # in-process: pytest's argv
-    assert f"```bash\n{hub._reproduce_command(recorded)}\n```" in card.text
+    assert f"```bash\n{cards._reproduce_command(recorded)}\n```" in card.text
 
 
 # ----------------------------------------------------------------------------------------------- a comparison
@@ -382,7 +382,7 @@ def test_push_comparison_to_a_dataset_repo_with_results_card(cli, comparison_dir
     cell = f"{acc['mean'] * 100:.2f} ± {acc['std'] * 100:.2f} [{acc['ci_low'] * 100:.2f}, {acc['ci_high'] * 100:.2f}]"
     assert f"| adam | 0.001 | 3 | {cell} |" in card.text
     test = next(c for c in results["comparisons"] if c["metric"] == "eval_accuracy")
-    assert f"| {hub._num(test['welch_p'])} | {hub._num(test['welch_p_holm'])} |" in card.text
+    assert f"| {cards._num(test['welch_p'])} | {cards._num(test['welch_p_holm'])} |" in card.text
     assert "hf-adaopt compare --task digits --optimizers adaopt,adam --seeds 3" in card.text
     assert "| device | cpu |" in card.text
 
@@ -394,18 +394,16 @@ def test_comparison_dry_run_matches_the_upload_list(comparison_dir, tmp_path):
     assert result.files == sorted([p.name for p in comparison_dir.iterdir() if p.is_file()] + ["README.md"])
 
 
-def test_results_card_falls_back_to_results_jsonl_when_results_json_has_no_groups(comparison_dir, tmp_path):
-    d = tmp_path / "partial"
+def test_results_card_counts_each_run_once_like_the_report(comparison_dir, tmp_path):
+    d = tmp_path / "rerun"
     d.mkdir()
+    for name in ("results.json", "report.md", "compare_config.json"):
+        (d / name).write_bytes((comparison_dir / name).read_bytes())
     lines = (comparison_dir / "results.jsonl").read_text().splitlines()
-    (d / "results.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:40])  # torn last line: interrupted
-    (d / "results.json").write_text("{}")
-    (d / "report.md").write_text("# report\n")
-    result = hub.push_comparison(d, f"{USER}/partial", dry_run=tmp_path / "preview")
-    adam = [json.loads(line)["eval"]["eval_accuracy"] for line in lines if '"adam"' in line]
-    mean = sum(adam) / len(adam)
-    assert f"| adam |  | 3 | {mean * 100:.2f} ± " in result.card.text
-    assert "computed from `results.jsonl`" in result.card.text
+    (d / "results.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")  # a run recorded twice (a rerun)
+    result = hub.push_comparison(d, f"{USER}/rerun", dry_run=tmp_path / "preview")
+    assert f"Results of `hf-adaopt compare`: {len(lines)} training runs" in result.card.text
+    assert json.loads((d / "results.json").read_text())["n_runs"] == len(lines)
 
 
 # ----------------------------------------------------------------------------------------------- failures
@@ -475,6 +473,6 @@ def test_dry_run_refuses_a_non_empty_directory_and_the_results_directory(run_dir
 
 
 def test_reproduce_command_is_pasteable():
-    assert hub._reproduce_command("training_scripts/train.py --task digits") == "python training_scripts/train.py --task digits"
-    assert hub._reproduce_command("/venv/bin/hf-adaopt train --task mnist") == "hf-adaopt train --task mnist"
-    assert hub._reproduce_command("/x/hf_adaopt/cli.py compare --seeds 5") == "hf-adaopt compare --seeds 5"
+    assert cards._reproduce_command("training_scripts/train.py --task digits") == "python training_scripts/train.py --task digits"
+    assert cards._reproduce_command("/venv/bin/hf-adaopt train --task mnist") == "hf-adaopt train --task mnist"
+    assert cards._reproduce_command("/x/hf_adaopt/cli.py compare --seeds 5") == "hf-adaopt compare --seeds 5"

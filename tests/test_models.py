@@ -83,10 +83,13 @@ def test_load_model_rejects_other_model_types(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_model_classes_cover_every_config():
-    assert set(MODEL_CLASSES) == {
-        "hf_adaopt_mlp", "hf_adaopt_simple_cnn", "hf_adaopt_vgg", "hf_adaopt_bilstm_attention"
-    }
+@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
+def test_every_model_type_is_registered_with_the_auto_classes(model_type):
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(model_type)
+    assert config.model_type == model_type
+    assert AutoModel._model_mapping[type(config)] is MODEL_CLASSES[model_type]
 
 
 def test_vgg16_layout_has_13_convs_with_batchnorm():

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from hf_adaopt import report, results, stats
+from hf_adaopt import analysis, plots, report, results, stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 45
@@ -88,13 +88,13 @@ def strict_json(text):
 
 def test_groups_in_display_order_and_seed_order():
     runs = [synthetic_run(o, s, 0.9) for s in (2, 0, 1) for o in ("adam", "sgd", "adaopt")]
-    groups = report.group_runs(runs)
+    groups = analysis.group_runs(runs)
     assert list(groups) == [("adaopt", None), ("sgd", None), ("adam", None)]
     assert [r["seed"] for r in groups[("adaopt", None)]] == [0, 1, 2]
 
 
 def test_analyze_finds_the_real_difference_and_not_the_null_one():
-    res = report.analyze(clear_difference_runs())
+    res = analysis.analyze(clear_difference_runs())
     acc = {c["baseline"]: c for c in res["comparisons"] if c["metric"] == "eval_accuracy"}
     assert acc["sgd"]["significant"] and acc["sgd"]["better"] == "adaopt"
     assert acc["sgd"]["mean_diff"] == pytest.approx(0.11, abs=0.01)
@@ -105,22 +105,22 @@ def test_analyze_finds_the_real_difference_and_not_the_null_one():
     assert all(adj >= raw for raw, adj in ps)
     loss = {c["baseline"]: c for c in res["comparisons"] if c["metric"] == "eval_loss"}
     assert loss["sgd"]["better"] == "adaopt"  # lower loss is better
-    assert {c["metric"] for c in res["comparisons"]} == {m for m, *_ in report.TESTED_METRICS}
+    assert {c["metric"] for c in res["comparisons"]} == {m for m, *_ in analysis.TESTED_METRICS}
 
 
 def test_summary_sentences_name_significant_and_non_significant_baselines():
-    res = report.analyze(clear_difference_runs())
+    res = analysis.analyze(clear_difference_runs())
     text = "\n".join(res["summary"])
     assert "**Final eval accuracy**: AdaOpt is significantly better than sgd" in text
     assert "not significantly different from adam" in text
     # 5 vs 5 seeds, 2 baselines: smallest MWU p = 2/252, x2 after Holm = 0.016 < 0.05 -> no floor warning
     assert "cannot reach" not in text
-    res3 = report.analyze([r for r in clear_difference_runs(3)])
+    res3 = analysis.analyze([r for r in clear_difference_runs(3)])
     assert "cannot reach" in "\n".join(res3["summary"])
 
 
 def test_threshold_default_is_a_fraction_of_the_best_mean():
-    res = report.analyze(clear_difference_runs(), threshold_fraction=0.95)
+    res = analysis.analyze(clear_difference_runs(), threshold_fraction=0.95)
     best = max(g["metrics"]["eval_accuracy"]["mean"] for g in res["groups"])
     assert res["threshold"]["mode"] == "fraction"
     assert res["threshold"]["value"] == pytest.approx(0.95 * best)
@@ -133,7 +133,7 @@ def test_threshold_default_is_a_fraction_of_the_best_mean():
 
 
 def test_absolute_threshold_and_steps_to_threshold():
-    res = report.analyze(clear_difference_runs(), threshold=0.5)
+    res = analysis.analyze(clear_difference_runs(), threshold=0.5)
     assert res["threshold"] == {"value": 0.5, "mode": "absolute", "fraction": None, "reference": None}
     for g in res["groups"]:
         assert g["reached_threshold"] == g["n"]
@@ -147,7 +147,7 @@ def test_absolute_threshold_and_steps_to_threshold():
 
 
 def test_lr_stability_is_zero_for_constant_lr_baselines():
-    res = report.analyze(clear_difference_runs())
+    res = analysis.analyze(clear_difference_runs())
     by_opt = {g["optimizer"]: g["metrics"] for g in res["groups"]}
     assert by_opt["sgd"]["lr_variance"]["mean"] == 0.0 and by_opt["sgd"]["lr_cv"]["mean"] == 0.0
     assert by_opt["adaopt"]["lr_cv"]["mean"] > 0.1
@@ -157,7 +157,7 @@ def test_default_lr_groups_compare_across_different_actual_lrs():
     # prodigy's default lr is 1.0 (a multiplier), AdaOpt's 1e-3: both are the "default" grid cell
     runs = [synthetic_run("adaopt", s, 0.96) for s in range(3)]
     runs += [synthetic_run("prodigy", s, 0.95, lr=1.0) for s in range(3)]
-    res = report.analyze(runs)
+    res = analysis.analyze(runs)
     assert {c["baseline"] for c in res["comparisons"]} == {"prodigy"}
     assert res["lr_sweep"] is None
 
@@ -168,7 +168,7 @@ def test_lr_sweep_robustness_and_same_lr_comparisons():
     for lr in lrs:
         runs += [synthetic_run("adaopt", s, 0.96, lr=lr, lr_grid=lr) for s in range(3)]
         runs += [synthetic_run("adam", s, 0.96 if lr == 1e-3 else 0.80, lr=lr, lr_grid=lr) for s in range(3)]
-    res = report.analyze(runs)
+    res = analysis.analyze(runs)
     sweep = res["lr_sweep"]["optimizers"]
     assert sweep["adaopt"]["vs_overall_best"]["n_within"] == 3
     assert sweep["adaopt"]["vs_overall_best"]["span_decades"] == pytest.approx(2.0)
@@ -199,19 +199,11 @@ def test_build_report_writes_json_markdown_and_plots(tmp_path):
     assert data["n_runs"] == 9 and data["task"] == "digits"
     assert data["groups"][0]["metrics"]["eval_accuracy"]["n"] == 3
     md = (tmp_path / "cmp" / "report.md").read_text()
-    for section in (
-        "## Summary",
-        "## Setup",
-        "## Results per optimizer",
-        "## AdaOpt vs baselines",
-        "## Plots",
-        "## Final eval dicts (Trainer format)",
-    ):
-        assert section in md
-    assert "hf-adaopt compare --synthetic" in md and "torch 2.13.0" in md or "| torch | 2.13.0 |" in md
+    assert_report_sections(md)
+    assert "hf-adaopt compare --synthetic" in md and "| torch | 2.13.0 |" in md
     assert "{'eval_loss': " in md  # the Trainer's dict format
     assert "0 by construction" in md
-    assert set(res["plots"]) == {report.PLOT_FILES[k] for k in ("accuracy", "loss", "lr", "final")}
+    assert set(res["plots"]) == {plots.PLOT_FILES[k] for k in ("accuracy", "loss", "lr", "final")}
     check_pngs(tmp_path / "cmp", res["plots"])
 
 
@@ -220,9 +212,25 @@ def test_lr_sensitivity_plot_only_with_a_sweep(tmp_path):
     for lr in (1e-4, 1e-3, 1e-2):
         runs += [synthetic_run(o, s, 0.9, lr=lr, lr_grid=lr) for o in ("adaopt", "sgd") for s in range(2)]
     res = report.build_report(write_runs(tmp_path / "sweep", runs))
-    assert report.PLOT_FILES["sensitivity"] in res["plots"]
+    assert plots.PLOT_FILES["sensitivity"] in res["plots"]
     check_pngs(tmp_path / "sweep", res["plots"])
     assert "## Learning-rate sensitivity" in (tmp_path / "sweep" / "report.md").read_text()
+
+
+REPORT_SECTIONS = (
+    "## Summary",
+    "## Setup",
+    "## Results per optimizer",
+    "## AdaOpt vs baselines",
+    "## Plots",
+    "## Final eval dicts (Trainer format)",
+)
+
+
+def assert_report_sections(md: str) -> None:
+    """report.md has every section, in order."""
+    positions = [md.find(section) for section in REPORT_SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(REPORT_SECTIONS, positions, strict=True))
 
 
 def check_pngs(directory, names):
@@ -251,7 +259,7 @@ def test_truncated_last_line_is_skipped_and_duplicates_keep_the_last(tmp_path):
 def test_nan_losses_are_counted_not_crashing(tmp_path):
     runs = clear_difference_runs(3)
     runs[3]["eval"]["eval_loss"] = float("nan")  # a diverged sgd run
-    res = report.analyze(runs)
+    res = analysis.analyze(runs)
     sgd = next(g for g in res["groups"] if g["optimizer"] == "sgd")
     assert sgd["metrics"]["eval_loss"]["n"] == 2 and sgd["metrics"]["eval_loss"]["n_missing"] == 1
 
@@ -275,5 +283,5 @@ def test_identical_groups_are_pointed_out():
     runs = [synthetic_run("adaopt", s, 0.96) for s in range(3)]
     runs += [synthetic_run("adam", s, 0.95) for s in range(3)]
     runs += [dict(r, optimizer="adamw", run_id=r["run_id"] + "w") for r in runs[3:]]
-    text = "\n".join(report.analyze(runs)["summary"])
+    text = "\n".join(analysis.analyze(runs)["summary"])
     assert "adam and adamw gave identical final evaluations on every seed" in text

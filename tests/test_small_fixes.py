@@ -63,7 +63,7 @@ def test_an_hf_adaopt_model_loads_with_the_auto_classes(tmp_path):
 def test_the_model_card_usage_snippet_runs(tmp_path):
     """The card says library_name: transformers; its snippet loads the model (a local path stands in for the repo)."""
     import hf_adaopt.models as models
-    from hf_adaopt.hub import _usage_snippet
+    from hf_adaopt.cards import _usage_snippet
 
     model = models.MLPForImageClassification(models.MLPConfig(input_dim=64))
     model.save_pretrained(tmp_path / "repo")
@@ -151,7 +151,7 @@ def test_identical_curves_stay_visible_and_the_legend_says_so():
     import numpy as np
     from matplotlib.figure import Figure
 
-    from hf_adaopt import plots, report
+    from hf_adaopt import analysis, plots
 
     def run(optimizer, seed, accuracies):
         curve = [{"step": 10 * (i + 1), "epoch": i + 1, "eval_accuracy": a} for i, a in enumerate(accuracies)]
@@ -161,7 +161,7 @@ def test_identical_curves_stay_visible_and_the_legend_says_so():
     runs = [run(o, s, same[s]) for o in ("adam", "adamw") for s in (0, 1)] + [run("adaopt", 0, [0.6, 0.85, 0.95])]
     names = ["adaopt", "adam", "adamw"]
     ax = Figure().subplots()
-    plots._draw_curves(ax, report.group_runs(runs), names, None, "eval_accuracy", 100, 0, plots._styles(names))
+    plots._draw_curves(ax, analysis.group_runs(runs), names, None, "eval_accuracy", 100, 0, plots._styles(names))
     lines = {line.get_label().split(" ")[0]: line for line in ax.get_lines()}
     adam, adamw = lines["adam"], lines["adamw"]
     assert np.array_equal(adam.get_ydata(), adamw.get_ydata())

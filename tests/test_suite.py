@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from hf_adaopt import suite, suite_report
-from hf_adaopt.baselines import available_optimizers
+from hf_adaopt.optimizers import available_optimizers
 from hf_adaopt.tasks import offline_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The imdb task: the trained tokenizer, data handling, end to end with each core optimizer, save/reload."""
+"""The imdb task: the trained tokenizer, data handling, end to end with each built-in optimizer, save/reload."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import text_task_fixtures as fixtures
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import AutoTokenizer, TrainingArguments
 
+from hf_adaopt import optimizers
 from hf_adaopt.tasks import imdb
 from hf_adaopt.tasks.base import TaskArguments
-
-CORE_OPTIMIZERS = ["adaopt", "sgd", "adam", "rmsprop"]
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +127,8 @@ def test_tokenizer_name_uses_a_saved_tokenizer(imdb_files, tmp_path, trained_tok
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("optimizer", CORE_OPTIMIZERS)
-def test_imdb_trains_end_to_end_with_each_core_optimizer(imdb_files, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer", optimizers.BUILTIN)
+def test_imdb_trains_end_to_end_with_each_builtin_optimizer(imdb_files, tmp_path, optimizer):
     from hf_adaopt.run import OptimizerArguments, run_training
 
     train, validation = imdb_files

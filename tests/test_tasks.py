@@ -31,14 +31,12 @@ def training_args(tmp_path):
 # ----------------------------------------------------------------------------------------------- registry
 
 
-def test_task_names_and_modules_expose_the_contract():
-    assert TASK_NAMES == ("digits", "mnist", "cifar10", "imdb", "squad", "charlm", "textcls")
-    for name in ("digits", "mnist", "cifar10"):
-        module = get_task(name)
-        assert callable(module.prepare) and isinstance(module.DEFAULT_EPOCHS, int)
-    assert get_task("mnist").DEFAULT_DATASET == "ylecun/mnist"
-    assert get_task("cifar10").DEFAULT_DATASET == "uoft-cs/cifar10"
-    assert (get_task("mnist").DEFAULT_EPOCHS, get_task("cifar10").DEFAULT_EPOCHS) == (10, 20)
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_module_exposes_the_contract(name):
+    module = get_task(name)
+    assert callable(module.prepare)
+    assert isinstance(module.DEFAULT_EPOCHS, int) and module.DEFAULT_EPOCHS > 0
+    assert module.DEFAULT_DATASET is None or isinstance(module.DEFAULT_DATASET, str)
 
 
 def test_unknown_task_raises_value_error():

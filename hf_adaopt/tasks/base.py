@@ -103,17 +103,28 @@ def offline_options() -> str:
 def unreachable_error(what: str, exc: BaseException) -> DataUnavailableError:
     """A `DataUnavailableError` for `what` ('dataset X', 'model Y') that failed with `exc`."""
     mode = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = hub_endpoint()
     return DataUnavailableError(
         f"The {what} could not be reached from the Hugging Face Hub at {endpoint}{mode}: "
         f"{type(exc).__name__}: {exc}\n{offline_options()}"
     )
 
 
+def offline_variable(*names: str) -> str | None:
+    """The first of the environment variables `names` that is set to a true value (1, ON, YES, TRUE), or None."""
+    for name in names:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE") or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ).strip().upper() in ("1", "ON", "YES", "TRUE")
+    return offline_variable("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") is not None
+
+
+def hub_endpoint() -> str:
+    """The Hub endpoint requests go to: HF_ENDPOINT as set now, else huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
 # Seconds to wait for a TCP connection to the Hub before declaring it unreachable (the Hub client itself retries
@@ -133,8 +144,7 @@ def hub_unreachable_reason(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
         return "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
         return None
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
+    url = urlparse(hub_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout):
@@ -143,8 +153,9 @@ def hub_unreachable_reason(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
         return f"no connection to {url.hostname}:{port} within {timeout:g} s ({exc})"
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the Hub could not be reached" (or the id does not exist there)."""
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the Hub could not be reached" (or the id does not exist there): what
+    `load_dataset` and `from_pretrained` raise then (transformers wraps most of them in OSError)."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
     try:
         import httpx
@@ -272,7 +283,7 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
             raw = datasets.load_dataset(
                 name, task_args.dataset_config_name, cache_dir=task_args.cache_dir, **load_kwargs
             )
-        except _network_errors() as exc:
+        except hub_errors() as exc:
             if isinstance(exc, FileNotFoundError) and os.path.exists(name):
                 raise
             raise unreachable_error(f"dataset {name!r}", exc) from exc
@@ -281,6 +292,11 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
                 raise ValueError(f"Dataset {name!r} has no 'validation' or 'test' split (splits: {list(raw)}).")
             raw["validation"] = raw.pop("test")
         raw = datasets.DatasetDict({"train": raw["train"], "validation": raw["validation"]})
+    return limit_samples(raw, task_args)
+
+
+def limit_samples(raw, task_args: TaskArguments):
+    """`raw` with its first --max_train_samples training and --max_eval_samples validation examples only."""
     if task_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(task_args.max_train_samples, len(raw["train"]))))
     if task_args.max_eval_samples is not None:
@@ -447,7 +463,31 @@ def load_saved_model(path: str):
 
     try:
         return load_model(path)
-    except _network_errors() as exc:
+    except hub_errors() as exc:
         if os.path.exists(path):
             raise
         raise unreachable_error(f"model {path!r}", exc) from exc
+
+
+def prepare_image_task(raw, task_args: TaskArguments, training_args, *, task: str, dataset: str, channels: int,
+                       num_labels: int, build_model: Callable, mean=None, std=None, label_names=None,
+                       augment: Callable | None = None) -> TaskSetup:
+    """The image tasks' `prepare` after loading: encode, check the shape, the model (saved, or `build_model(variant,
+    shape, id2label)`), and the datasets normalized by `mean`/`std` (None: the training split's channel statistics),
+    the training one with `augment`."""
+    encoded, shape = encode_images(raw, channels, num_labels, dataset, training_args)
+    if shape[1] != shape[2]:
+        raise ValueError(f"{task} expects square images, got shape {shape} (C, H, W).")
+    if mean is None:
+        mean, std = channel_stats(encoded["train"], shape)
+    if task_args.model_name_or_path:
+        model = load_saved_model(task_args.model_name_or_path)
+    else:
+        names = class_names(raw["train"], num_labels, default=label_names)
+        model = build_model(task_args.model, shape, dict(enumerate(names)))
+    return TaskSetup(
+        model=model,
+        train_dataset=encoded["train"].with_transform(ImageTransform(shape, mean, std, augment=augment)),
+        eval_dataset=encoded["validation"].with_transform(ImageTransform(shape, mean, std)),
+        compute_metrics=compute_accuracy,
+    )

@@ -14,16 +14,7 @@ import re
 
 import torch
 
-from hf_adaopt.tasks.base import (
-    ImageTransform,
-    TaskArguments,
-    TaskSetup,
-    class_names,
-    compute_accuracy,
-    encode_images,
-    load_raw_datasets,
-    load_saved_model,
-)
+from hf_adaopt.tasks.base import TaskArguments, TaskSetup, load_raw_datasets, prepare_image_task
 
 DEFAULT_DATASET: str | None = "uoft-cs/cifar10"
 DEFAULT_EPOCHS = 20
@@ -98,20 +89,7 @@ def build_model(variant: str | None, shape, id2label: dict[int, str]):
 
 def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     raw = load_raw_datasets(task_args, DEFAULT_DATASET)
-    name = task_args.train_file or task_args.dataset_name or DEFAULT_DATASET
-    encoded, shape = encode_images(raw, 3, NUM_LABELS, name, training_args)
-    if shape[1] != shape[2]:
-        raise ValueError(f"cifar10 expects square images, got shape {shape} (C, H, W).")
-    if task_args.model_name_or_path:
-        model = load_saved_model(task_args.model_name_or_path)
-    else:
-        names = class_names(raw["train"], NUM_LABELS, default=LABEL_NAMES)
-        model = build_model(task_args.model, shape, dict(enumerate(names)))
-    train_transform = ImageTransform(shape, MEAN, STD, augment=random_affine if task_args.augment else None)
-    eval_transform = ImageTransform(shape, MEAN, STD)
-    return TaskSetup(
-        model=model,
-        train_dataset=encoded["train"].with_transform(train_transform),
-        eval_dataset=encoded["validation"].with_transform(eval_transform),
-        compute_metrics=compute_accuracy,
-    )
+    return prepare_image_task(raw, task_args, training_args, task="cifar10",
+                              dataset=task_args.train_file or task_args.dataset_name or DEFAULT_DATASET, channels=3,
+                              num_labels=NUM_LABELS, build_model=build_model, mean=MEAN, std=STD,
+                              label_names=LABEL_NAMES, augment=random_affine if task_args.augment else None)

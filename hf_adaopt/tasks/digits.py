@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from hf_adaopt.logs import get_logger
 from hf_adaopt.tasks.base import (
-    ImageTransform,
     TaskArguments,
     TaskSetup,
-    channel_stats,
-    compute_accuracy,
-    encode_images,
+    limit_samples,
     load_raw_datasets,
-    load_saved_model,
+    prepare_image_task,
 )
 
 logger = get_logger(__name__)
@@ -102,21 +99,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     if task_args.train_file or task_args.validation_file:
         raw = load_raw_datasets(task_args, DEFAULT_DATASET)
     else:
-        raw = load_digits_dataset()
-        if task_args.max_train_samples is not None:
-            raw["train"] = raw["train"].select(range(min(task_args.max_train_samples, len(raw["train"]))))
-        if task_args.max_eval_samples is not None:
-            raw["validation"] = raw["validation"].select(range(min(task_args.max_eval_samples, len(raw["validation"]))))
-    encoded, shape = encode_images(raw, 1, NUM_LABELS, "digits", training_args)
-    mean, std = channel_stats(encoded["train"], shape)
-    transform = ImageTransform(shape, mean, std)
-    if task_args.model_name_or_path:
-        model = load_saved_model(task_args.model_name_or_path)
-    else:
-        model = build_model(task_args.model, shape)
-    return TaskSetup(
-        model=model,
-        train_dataset=encoded["train"].with_transform(transform),
-        eval_dataset=encoded["validation"].with_transform(transform),
-        compute_metrics=compute_accuracy,
-    )
+        raw = limit_samples(load_digits_dataset(), task_args)
+    # digits names its labels 0-9 itself (build_model); the normalization is the training split's
+    return prepare_image_task(raw, task_args, training_args, task="digits", dataset="digits", channels=1,
+                              num_labels=NUM_LABELS, build_model=lambda variant, shape, _: build_model(variant, shape))

@@ -18,7 +18,14 @@ import numpy as np
 
 from hf_adaopt.logs import get_logger
 from hf_adaopt.results import write_atomic
-from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
+from hf_adaopt.tasks.base import (
+    DataUnavailableError,
+    TaskArguments,
+    TaskSetup,
+    hub_endpoint,
+    hub_errors,
+    load_raw_datasets,
+)
 
 logger = get_logger(__name__)
 
@@ -164,17 +171,14 @@ def _trained_tokenizer(train_dataset, max_length: int, training_args):
 def _pretrained_tokenizer(task_args: TaskArguments):
     from transformers import AutoTokenizer
 
-    from hf_adaopt.tasks.squad import hub_errors
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(task_args.tokenizer_name, cache_dir=task_args.cache_dir)
     except hub_errors() as exc:
         if os.path.isdir(task_args.tokenizer_name):
             raise  # a broken local directory: the original error says what is wrong
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         raise DataUnavailableError(
             f"The tokenizer {task_args.tokenizer_name!r} could not be loaded from the Hugging Face Hub at "
-            f"{endpoint}: {type(exc).__name__}: {exc}\nOffline: leave --tokenizer_name unset (a tokenizer is "
+            f"{hub_endpoint()}: {type(exc).__name__}: {exc}\nOffline: leave --tokenizer_name unset (a tokenizer is "
             "trained on the training split) or pass a local tokenizer directory."
         ) from exc
     if tokenizer.pad_token is None:

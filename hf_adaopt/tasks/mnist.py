@@ -7,16 +7,7 @@ schema (`--train_file`/`--validation_file`, images as PIL-encoded parquet or arr
 
 from __future__ import annotations
 
-from hf_adaopt.tasks.base import (
-    ImageTransform,
-    TaskArguments,
-    TaskSetup,
-    class_names,
-    compute_accuracy,
-    encode_images,
-    load_raw_datasets,
-    load_saved_model,
-)
+from hf_adaopt.tasks.base import TaskArguments, TaskSetup, load_raw_datasets, prepare_image_task
 
 DEFAULT_DATASET: str | None = "ylecun/mnist"
 DEFAULT_EPOCHS = 10
@@ -51,19 +42,6 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     if task_args.model not in (None, *MODELS):
         raise ValueError(f"Unknown --model {task_args.model!r} for task mnist; choose one of {MODELS}.")
     raw = load_raw_datasets(task_args, DEFAULT_DATASET)
-    name = task_args.train_file or task_args.dataset_name or DEFAULT_DATASET
-    encoded, shape = encode_images(raw, 1, NUM_LABELS, name, training_args)
-    if shape[1] != shape[2]:
-        raise ValueError(f"mnist expects square images, got shape {shape} (C, H, W).")
-    transform = ImageTransform(shape, MEAN, STD)
-    if task_args.model_name_or_path:
-        model = load_saved_model(task_args.model_name_or_path)
-    else:
-        names = class_names(raw["train"], NUM_LABELS)
-        model = build_model(task_args.model, shape, dict(enumerate(names)))
-    return TaskSetup(
-        model=model,
-        train_dataset=encoded["train"].with_transform(transform),
-        eval_dataset=encoded["validation"].with_transform(transform),
-        compute_metrics=compute_accuracy,
-    )
+    return prepare_image_task(raw, task_args, training_args, task="mnist",
+                              dataset=task_args.train_file or task_args.dataset_name or DEFAULT_DATASET, channels=1,
+                              num_labels=NUM_LABELS, build_model=build_model, mean=MEAN, std=STD)

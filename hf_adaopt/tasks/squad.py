@@ -24,7 +24,14 @@ import numpy as np
 from transformers import Trainer
 
 from hf_adaopt.logs import get_logger
-from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments, TaskSetup, load_raw_datasets
+from hf_adaopt.tasks.base import (
+    DataUnavailableError,
+    TaskArguments,
+    TaskSetup,
+    hub_endpoint,
+    hub_errors,
+    load_raw_datasets,
+)
 from hf_adaopt.tasks.squad_metric import squad_metrics
 
 logger = get_logger(__name__)
@@ -287,21 +294,8 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "~")) or os.path.isabs(name) or name.count("/") > 1
 
 
-def hub_errors() -> tuple[type[BaseException], ...]:
-    """What `from_pretrained` raises when the Hub cannot be reached or has no such repo (transformers wraps most
-    of them in OSError)."""
-    errors: list[type[BaseException]] = [OSError]
-    try:
-        from huggingface_hub.errors import HfHubHTTPError
-
-        errors.append(HfHubHTTPError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def _model_unavailable(name: str, exc: BaseException) -> DataUnavailableError:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = hub_endpoint()
     return DataUnavailableError(
         f"The model {name!r} could not be loaded from the Hugging Face Hub at {endpoint} (no network, "
         f"HF_HUB_OFFLINE, or no such repo): {type(exc).__name__}: {exc}\n"

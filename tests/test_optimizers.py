@@ -1,4 +1,4 @@
-"""The optimizer factory: names, errors, settings, and that every installed optimizer trains."""
+"""The optimizer registry: errors, settings, the step each optimizer applies, and that every installed one trains."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ import pytest
 import torch
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
-from hf_adaopt import AdaOpt
-from hf_adaopt.baselines import (
-    CORE_OPTIMIZERS,
-    DEFAULT_LR,
-    LR_FREE,
-    OPTIMIZERS,
-    available_optimizers,
-    build_optimizer,
-)
+from hf_adaopt import AdaOpt, optimizers
+from hf_adaopt.optimizers import available_optimizers, build_optimizer
 
 
 def _problem(seed: int = 0):
@@ -27,9 +20,9 @@ def _problem(seed: int = 0):
     return model, x, y
 
 
-def test_names_match_the_contract():
-    assert OPTIMIZERS == ("adaopt", "sgd", "adam", "adamw", "rmsprop", "prodigy", "dadapt", "schedulefree", "dog", "ppsf")
-    assert set(CORE_OPTIMIZERS) <= set(available_optimizers())
+def test_optimizers_without_a_package_are_always_available():
+    assert set(optimizers.BUILTIN) <= set(available_optimizers())
+    assert "adaopt" in optimizers.BUILTIN
 
 
 def test_unknown_name_raises_value_error_listing_the_names():
@@ -66,9 +59,41 @@ def test_classes_and_settings():
     assert build_optimizer("sgd", params, lr=0.1, momentum=0.5, nesterov=True).defaults["nesterov"] is True
 
 
-def test_default_lr_is_the_seed_value_except_for_lr_free_multipliers():
-    assert {DEFAULT_LR[n] for n in OPTIMIZERS if n not in LR_FREE} == {1e-3}
-    assert {DEFAULT_LR[n] for n in LR_FREE} == {1.0}
+@pytest.mark.parametrize("name", available_optimizers())
+def test_training_arguments_reach_the_optimizers_that_take_them(name):
+    from types import SimpleNamespace
+
+    spec = optimizers.get(name)
+    args = SimpleNamespace(learning_rate=spec.default_lr, weight_decay=0.01, adam_beta1=0.8, adam_beta2=0.95,
+                           adam_epsilon=1e-7)
+    model, _, _ = _problem()
+    opt = build_optimizer(name, model.parameters(), **spec.training_kwargs(args))  # no TypeError: all are taken
+    assert opt.defaults["lr"] == spec.default_lr and opt.defaults["weight_decay"] == 0.01
+    if spec.takes_betas:
+        assert tuple(opt.defaults["betas"]) == (0.8, 0.95)
+    if spec.takes_eps:
+        assert opt.defaults["eps"] == 1e-7
+
+
+@pytest.mark.parametrize(
+    ("name", "group", "expected"),
+    [
+        ("adam", {"lr": 1e-3, "d": 2.0}, 1e-3),  # a learning rate is the step, whatever else the group holds
+        ("prodigy", {"lr": 0.5, "d": 2e-4}, 1e-4),  # lr is a multiplier of the estimate d
+        ("dadapt", {"lr": 0.5, "d": 2e-4}, 1e-4),
+        ("ppsf", {"lr": 0.5, "d": 2e-4}, 1e-4),
+        ("dog", {"lr": 1.0, "eta": [torch.tensor(3e-5)]}, 3e-5),
+        ("dog", {"lr": 1.0, "eta": []}, 1.0),  # before its first step
+        ("schedulefree", {"lr": 1e-3, "scheduled_lr": 2.5e-4}, 2.5e-4),  # during its warmup
+    ],
+)
+def test_step_size_is_the_step_the_optimizer_applies(name, group, expected):
+    assert optimizers.get(name).step_size(group) == pytest.approx(expected)
+
+
+def test_step_size_of_an_optimizer_not_in_the_table_is_its_lr():
+    opt = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    assert optimizers.step_size(opt, opt.param_groups[0]) == 0.3
 
 
 def test_param_groups_keep_their_own_weight_decay():
@@ -85,7 +110,7 @@ def test_param_groups_keep_their_own_weight_decay():
 def test_every_available_optimizer_lowers_the_loss(name):
     torch.manual_seed(0)
     model, x, y = _problem()
-    opt = build_optimizer(name, model.parameters(), lr=DEFAULT_LR[name] if name != "sgd" else 0.05)
+    opt = build_optimizer(name, model.parameters(), lr=optimizers.get(name).default_lr if name != "sgd" else 0.05)
     if hasattr(opt, "train"):
         opt.train()  # schedule-free: Trainer calls train()/eval() itself
     loss_fn = torch.nn.functional.cross_entropy
