@@ -21,17 +21,10 @@ from typing import Any
 
 from hf_adaopt import results as store
 from hf_adaopt import stats
+from hf_adaopt.tasks import TASK_NAMES, get_task
 from hf_adaopt.tasks.base import TaskArguments
 
 LICENSE = "apache-2.0"
-# task -> (Hub task type, readable dataset name, Hub dataset id or None)
-TASKS = {
-    "digits": ("image-classification", "scikit-learn digits (load_digits, 8x8)", None),
-    "mnist": ("image-classification", "MNIST", "ylecun/mnist"),
-    "cifar10": ("image-classification", "CIFAR-10", "uoft-cs/cifar10"),
-    "imdb": ("text-classification", "IMDB", "stanfordnlp/imdb"),
-    "squad": ("question-answering", "SQuAD v1.1", "rajpurkar/squad"),
-}
 # eval_results.json key -> (model-index metric type, readable name); only the keys present are used.
 EVAL_METRICS = {
     "eval_accuracy": ("accuracy", "Accuracy"),
@@ -156,12 +149,22 @@ def _lr_summary(trajectory: dict | None) -> dict | None:
     return summary
 
 
+def _task_metadata(task: str) -> tuple[str, str, str | None]:
+    """(Hub task type, readable dataset name, Hub dataset id or None) of a task, from its module: `HUB_TASK_TYPE`,
+    `DATASET_LABEL` and `DEFAULT_DATASET`; ("other", ..., None) for a task without them."""
+    if task in TASK_NAMES:
+        module = get_task(task)  # imported only for a card: a task module may import torch or transformers
+        if hasattr(module, "HUB_TASK_TYPE"):
+            return module.HUB_TASK_TYPE, module.DATASET_LABEL, module.DEFAULT_DATASET
+    return "other", f"{task} (not recorded in run_config.json)", None
+
+
 def _model_card_data(repo_id: str, eval_results: dict, run_config: dict, optimizer: str):
     from huggingface_hub import EvalResult, ModelCardData
 
     task_args = run_config.get("task_args") or {}
     task = task_args.get("task") or run_config.get("task") or "unknown"
-    task_type, dataset_label, hub_dataset = TASKS.get(task, ("other", f"{task} (not recorded in run_config.json)", None))
+    task_type, dataset_label, hub_dataset = _task_metadata(task)
     local_files = [Path(f).name for f in (task_args.get("train_file"), task_args.get("validation_file")) if f]
     if local_files:
         dataset_type, dataset_label, hub_dataset = "local-files", ", ".join(local_files), None

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="digits",
-        help="digits (offline default) | mnist | cifar10 | imdb | squad; several comma-separated run one "
+        help=f"{' | '.join(TASK_NAMES)} (digits: the offline default); several comma-separated run one "
         "comparison each, in <output_dir>/<task>",
     )
     p.add_argument(

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hf_adaopt.logs import get_logger
-from hf_adaopt.tasks import offline_data
+from hf_adaopt.tasks.offline_data import is_offline_dataset
+from hf_adaopt.tasks.offline_data import load as load_offline_dataset
 
 if TYPE_CHECKING:
     import datasets
@@ -264,9 +265,9 @@ def load_raw_datasets(task_args: TaskArguments, default_dataset: str, **load_kwa
             raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=task_args.cache_dir, **load_kwargs)
         except Exception as exc:  # pyarrow, csv and datasets errors all mean: the files cannot be read as given
             raise _unreadable_files_error(task_args, builder, exc) from exc
-    elif offline_data.is_offline_dataset(task_args.dataset_name or default_dataset):
+    elif is_offline_dataset(task_args.dataset_name or default_dataset):
         # real data shipped by an installed package (hf_adaopt.tasks.offline_data): no Hub, fixed splits
-        raw = offline_data.load(task_args.dataset_name or default_dataset)
+        raw = load_offline_dataset(task_args.dataset_name or default_dataset)
     else:
         name = task_args.dataset_name or default_dataset
         if name is None:

@@ -17,6 +17,9 @@ import torch
 from hf_adaopt.tasks.base import TaskArguments, TaskSetup, load_raw_datasets, prepare_image_task
 
 DEFAULT_DATASET: str | None = "uoft-cs/cifar10"
+# what a model card says of this task (model-index task type, dataset name); its Hub id is DEFAULT_DATASET
+HUB_TASK_TYPE = "image-classification"
+DATASET_LABEL = "CIFAR-10"
 DEFAULT_EPOCHS = 20
 NUM_LABELS = 10
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

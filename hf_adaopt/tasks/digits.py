@@ -23,6 +23,9 @@ from hf_adaopt.tasks.base import (
 logger = get_logger(__name__)
 
 DEFAULT_DATASET: str | None = None  # built in: sklearn.datasets.load_digits
+# what a model card says of this task (model-index task type, dataset name); its Hub id is DEFAULT_DATASET
+HUB_TASK_TYPE = "image-classification"
+DATASET_LABEL = "scikit-learn digits (load_digits, 8x8)"
 DEFAULT_EPOCHS = 10
 MODELS = ("mlp", "cnn")
 NUM_LABELS = 10

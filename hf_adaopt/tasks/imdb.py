@@ -30,6 +30,9 @@ from hf_adaopt.tasks.base import (
 logger = get_logger(__name__)
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
+# what a model card says of this task (model-index task type, dataset name); its Hub id is DEFAULT_DATASET
+HUB_TASK_TYPE = "text-classification"
+DATASET_LABEL = "IMDB"
 DEFAULT_EPOCHS = 20
 DEFAULT_MAX_SEQ_LENGTH = 256
 VOCAB_SIZE = 20000  # WordPiece vocabulary trained on the training split (IMDB has ~75k distinct words)

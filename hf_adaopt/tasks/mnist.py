@@ -10,6 +10,9 @@ from __future__ import annotations
 from hf_adaopt.tasks.base import TaskArguments, TaskSetup, load_raw_datasets, prepare_image_task
 
 DEFAULT_DATASET: str | None = "ylecun/mnist"
+# what a model card says of this task (model-index task type, dataset name); its Hub id is DEFAULT_DATASET
+HUB_TASK_TYPE = "image-classification"
+DATASET_LABEL = "MNIST"
 DEFAULT_EPOCHS = 10
 MODELS = ("cnn", "mlp")
 NUM_LABELS = 10

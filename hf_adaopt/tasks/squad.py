@@ -37,6 +37,9 @@ from hf_adaopt.tasks.squad_metric import squad_metrics
 logger = get_logger(__name__)
 
 DEFAULT_DATASET = "rajpurkar/squad"
+# what a model card says of this task (model-index task type, dataset name); its Hub id is DEFAULT_DATASET
+HUB_TASK_TYPE = "question-answering"
+DATASET_LABEL = "SQuAD v1.1"
 DEFAULT_EPOCHS = 3
 DEFAULT_MODEL = "bert-base-uncased"
 DEFAULT_MAX_SEQ_LENGTH = 384
