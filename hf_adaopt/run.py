@@ -36,6 +36,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# transformers (and the Trainer pieces built on it: trainer.py, callback.py) is imported inside the functions that
+# train or parse: importing this module, e.g. for `hf-adaopt compare --help`, does not pay for it.
 from hf_adaopt import hub, optimizers, results
 from hf_adaopt.hub import HubPushError
 from hf_adaopt.logs import get_logger
@@ -307,7 +309,7 @@ class OptimizerFactory:
         self.name = name
 
     def __call__(self, model, *, lr, weight_decay=0.0, **kwargs):
-        from hf_adaopt.trainer import param_groups
+        from hf_adaopt.trainer import param_groups  # transformers, like the Trainer that calls this
 
         return optimizers.build_optimizer(self.name, param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
 
@@ -327,7 +329,7 @@ def run_training(
     """
     from transformers import Trainer, set_seed
 
-    from hf_adaopt.callback import AdaOptCallback, LRTrajectoryCallback
+    from hf_adaopt.callback import AdaOptCallback, LRTrajectoryCallback  # transformers, as the line above
 
     push_to_hub = bool(training_args.push_to_hub)
     if push_to_hub:

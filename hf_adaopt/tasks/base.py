@@ -460,7 +460,7 @@ def channel_stats(encoded_train, shape, max_images: int = 10_000) -> tuple[list[
 
 def load_saved_model(path: str):
     """`hf_adaopt.models.load_model(path)` (for `--model_name_or_path`), with the offline message for Hub ids."""
-    from hf_adaopt.models import load_model
+    from hf_adaopt.models import load_model  # transformers: only when a saved model is loaded
 
     try:
         return load_model(path)

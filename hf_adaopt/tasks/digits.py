@@ -60,7 +60,7 @@ def load_digits_dataset(validation_fraction: float = VALIDATION_FRACTION):
 
 
 def build_model(variant: str | None, shape):
-    from hf_adaopt.models import (
+    from hf_adaopt.models import (  # transformers: imported when a model is built, not with the task
         MLPConfig,
         MLPForImageClassification,
         SimpleCNNConfig,

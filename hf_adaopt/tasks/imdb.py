@@ -242,6 +242,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     """Tokenized reviews, a BiLSTM-attention classifier, a padding collator and accuracy."""
     from transformers import DataCollatorWithPadding, set_seed
 
+    # transformers: imported when a model is built, not with the task
     from hf_adaopt.models import BiLSTMAttentionConfig, BiLSTMAttentionForSequenceClassification
 
     max_seq_length = task_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH

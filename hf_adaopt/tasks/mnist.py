@@ -21,7 +21,7 @@ MEAN, STD = (0.1307,), (0.3081,)
 
 
 def build_model(variant: str | None, shape, id2label: dict[int, str]):
-    from hf_adaopt.models import (
+    from hf_adaopt.models import (  # transformers: imported when a model is built, not with the task
         MLPConfig,
         MLPForImageClassification,
         SimpleCNNConfig,
