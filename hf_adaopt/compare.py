@@ -525,7 +525,7 @@ def finish(c: Comparison, console) -> int:
         try:
             hub.push_comparison(c.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
             print(f"pushed {c.output_dir} to {args.hub_model_id}", file=console)
-        except (hub.HubPushError, ValueError, OSError) as e:  # the hub module's errors name the problem and the fix
+        except (hub.HubPushError, ValueError, OSError, ImportError) as e:  # each names the problem and the fix
             print(f"push to {args.hub_model_id} failed: {e}\nlocal results are kept in {c.output_dir}", file=console)
             status = 1
     console.flush()

@@ -286,6 +286,17 @@ def test_several_tasks_get_one_comparison_each(tmp_path, monkeypatch):
         assert (out / task / "report.md").is_file()
 
 
+def test_several_tasks_overwrite_directories_made_with_another_configuration(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "run_training", fake_run_training)
+    base = ["--task", "digits,mnist", "--optimizers", "sgd", "--seeds", "1", "--output_dir", str(tmp_path / "m")]
+    assert compare.main([*base, "--num_train_epochs", "1"]) == 0
+    # every task is checked before the first run; with --overwrite_output_dir a changed configuration is no error
+    assert compare.main([*base, "--num_train_epochs", "2", "--overwrite_output_dir"]) == 0
+    for task in ("digits", "mnist"):
+        lines = read_jsonl(tmp_path / "m" / task / "results.jsonl")
+        assert [r["config"]["num_train_epochs"] for r in lines] == [2.0]
+
+
 def test_run_order_interleaves_seeds_and_rotates_optimizers():
     grid = runner.build_grid("digits", ["sgd", "adaopt", "adam"], [1, 0], [None])
     assert [(s.seed, s.optimizer) for s in grid] == [
