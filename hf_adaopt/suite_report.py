@@ -385,14 +385,12 @@ def readme_section(result: dict) -> str:
         f"`{result.get('command')}` — {result['n_runs']} runs, seeds {result.get('seeds')}, revision "
         f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`. The runs took "
         f"{result['run_seconds'] / 3600:.1f} h of process time, {result['run_seconds'] / 7200:.1f} h on two cores "
-        "(other jobs shared the machine part of the time: read the per-run seconds as upper bounds).", "",
-        workloads_markdown(result), "",
+        "(other jobs shared the machine part of the time).", "",
         "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
         "character; negative is worse; `#` = rank among the defaults):", "",
         summary_markdown(result), "",
         "**AdaOpt from every initial lr** (mean ± std over seeds):", "",
-        adaopt_sweep_markdown(result), "",
-        *verdict_lines(result),
+        adaopt_sweep_markdown(result),
     ]
     return "\n".join(lines)
 
@@ -465,7 +463,10 @@ def bench_markdown(bench: dict) -> str:
 
 
 # The README's generated blocks: marker name -> the committed file(s) it is rendered from (model_cards/results/).
-README_BLOCKS = ("suite-results", "ablation", "bench")
+# Which generated blocks live in which file (paths from the repository root): the README keeps the summary, the
+# experiment guide what each workload is.
+README_BLOCKS = {"README.md": ("suite-results", "ablation", "bench"),
+                 os.path.join("training_scripts", "README.md"): ("suite-workloads",)}
 
 
 def readme_blocks(results_dir: str) -> dict[str, str]:
@@ -481,7 +482,7 @@ def readme_blocks(results_dir: str) -> dict[str, str]:
     with open(os.path.join(results_dir, "bench_step.json"), encoding="utf-8") as f:
         bench = json.load(f)
     return {"suite-results": readme_section(suite), "ablation": ablation_markdown(variants, ablations, suite),
-            "bench": bench_markdown(bench)}
+            "bench": bench_markdown(bench), "suite-workloads": workloads_markdown(suite)}
 
 
 def replace_readme_blocks(readme: str, blocks: dict[str, str]) -> str:
@@ -597,12 +598,14 @@ def load_result(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--update_readme"]:  # developers: re-render README.md's blocks from model_cards/results/
+    if argv[:1] == ["--update_readme"]:  # developers: re-render the READMEs' blocks from model_cards/results/
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.path.join(root, "README.md")
-        with open(path, encoding="utf-8") as f:
-            text = replace_readme_blocks(f.read(), readme_blocks(os.path.join(root, "model_cards", "results")))
-        results.write_atomic(path, text)
+        blocks = readme_blocks(os.path.join(root, "model_cards", "results"))
+        for name, names in README_BLOCKS.items():
+            path = os.path.join(root, name)
+            with open(path, encoding="utf-8") as f:
+                text = replace_readme_blocks(f.read(), {b: blocks[b] for b in names})
+            results.write_atomic(path, text)
         return 0
     if len(argv) != 1:
         print("usage: hf-adaopt report <suite output_dir>", file=sys.stderr)

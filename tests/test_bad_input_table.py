@@ -1,5 +1,5 @@
-"""The README's "Bad input" table is true: each row's command, run here, exits with the row's status and prints each
-quoted excerpt, with no traceback of ours.
+"""The experiment guide's (training_scripts/README.md) "Bad input" table is true: each row's command, run here,
+exits with the row's status and prints each quoted excerpt, with no traceback of ours.
 
 A row is `| `command` (what it stands for) | exit | `excerpt` `excerpt` ... |`. The names its commands use
 (valid.csv, read-only, cut-line, ...) are made by FIXTURES below; "then Ctrl-C" in the first cell sends SIGINT once
@@ -25,8 +25,8 @@ HEADING = "## Bad input"
 
 
 def table_rows() -> list[tuple[str, str, int, list[str]]]:
-    """(command, rest of the first cell, exit status, excerpts) of every row of the README's bad-input table."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    """(command, rest of the first cell, exit status, excerpts) of every row of the guide's bad-input table."""
+    with open(os.path.join(REPO, "training_scripts", "README.md"), encoding="utf-8") as f:
         text = f.read()
     section = text[text.index(HEADING) :]
     section = section[: section.index("\n## ", len(HEADING))]

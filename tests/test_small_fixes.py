@@ -171,12 +171,14 @@ def test_identical_curves_stay_visible_and_the_legend_says_so():
 
 
 def readme_commands() -> list[str]:
-    """Single `hf-adaopt ...` commands in the README: inline code spans and code-block lines (comments cut off,
-    `a & b` split)."""
+    """Single `hf-adaopt ...` commands in the README and the experiment guide: inline code spans and code-block
+    lines (comments cut off, `a & b` split)."""
     import re
 
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        text = f.read()
+    text = ""
+    for name in ("README.md", os.path.join("training_scripts", "README.md")):
+        with open(os.path.join(REPO, name), encoding="utf-8") as f:
+            text += f.read() + "\n"
     found = re.findall(r"`(hf-adaopt [^`\n]+)`", text)
     for line in text.splitlines():
         line = re.sub(r"\s+#\s.*$", "", line.strip())  # a trailing comment

@@ -238,12 +238,12 @@ def test_a_diverged_language_model_counts_as_the_worst_result():
 COMMITTED = os.path.join(REPO, "model_cards", "results", "suite")
 
 
-@pytest.mark.parametrize("block", suite_report.README_BLOCKS)
-def test_readme_blocks_are_the_committed_results(block):
-    """Every number in the README's results, ablation and step-cost blocks is re-rendered from the committed
-    files under model_cards/results/ (`python -m hf_adaopt.suite_report --update_readme` rewrites them)."""
+@pytest.mark.parametrize("path,block", [(p, b) for p, names in suite_report.README_BLOCKS.items() for b in names])
+def test_readme_blocks_are_the_committed_results(path, block):
+    """Every number in the READMEs' results, ablation, step-cost and workload blocks is re-rendered from the
+    committed files under model_cards/results/ (`python -m hf_adaopt.suite_report --update_readme` rewrites them)."""
     rendered = suite_report.readme_blocks(os.path.join(REPO, "model_cards", "results"))[block]
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    readme = open(os.path.join(REPO, path), encoding="utf-8").read()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     assert start in readme and end in readme
     assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered.strip()
