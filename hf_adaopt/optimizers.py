@@ -73,6 +73,11 @@ class OptimizerSpec:
     set_defaults: Mapping = field(default_factory=lambda: MappingProxyType({}))  # our settings, **kw wins
     step_size: Callable[[dict], float] = _lr  # the step size a param group applies
     package: str | None = None  # the distribution of the `peers` extra it needs; None: torch / hf_adaopt
+    label: str = ""  # the name tables and plots show; "" = `name`
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
 
     @property
     def default_lr(self) -> float:
@@ -106,24 +111,24 @@ class OptimizerSpec:
 
 
 SPECS = (
-    OptimizerSpec("adaopt", "hf_adaopt.optimizer:AdaOpt", takes_betas=True, takes_eps=True),
+    OptimizerSpec("adaopt", "hf_adaopt.optimizer:AdaOpt", takes_betas=True, takes_eps=True, label="AdaOpt"),
     OptimizerSpec("sgd", "torch.optim:SGD", takes_betas=False, takes_eps=False,
-                  set_defaults=MappingProxyType({"momentum": SGD_MOMENTUM})),
-    OptimizerSpec("adam", "torch.optim:Adam", takes_betas=True, takes_eps=True),
-    OptimizerSpec("adamw", "torch.optim:AdamW", takes_betas=True, takes_eps=True),
-    OptimizerSpec("rmsprop", "torch.optim:RMSprop", takes_betas=False, takes_eps=True),
+                  set_defaults=MappingProxyType({"momentum": SGD_MOMENTUM}), label="SGD (m 0.9)"),
+    OptimizerSpec("adam", "torch.optim:Adam", takes_betas=True, takes_eps=True, label="Adam"),
+    OptimizerSpec("adamw", "torch.optim:AdamW", takes_betas=True, takes_eps=True, label="AdamW"),
+    OptimizerSpec("rmsprop", "torch.optim:RMSprop", takes_betas=False, takes_eps=True, label="RMSprop"),
     OptimizerSpec("prodigy", "prodigyopt:Prodigy", takes_betas=True, takes_eps=True, lr_free=True,
-                  step_size=_lr_times_d, package="prodigyopt"),
+                  step_size=_lr_times_d, package="prodigyopt", label="Prodigy"),
     OptimizerSpec("dadapt", "dadaptation:DAdaptAdam", takes_betas=True, takes_eps=True, lr_free=True,
                   set_defaults=MappingProxyType({"decouple": True}),  # AdamW-style decay, like prodigy's default
-                  step_size=_lr_times_d, package="dadaptation"),
+                  step_size=_lr_times_d, package="dadaptation", label="D-Adaptation"),
     OptimizerSpec("schedulefree", "schedulefree:AdamWScheduleFree", takes_betas=True, takes_eps=True,
-                  step_size=_scheduled_lr, package="schedulefree"),
+                  step_size=_scheduled_lr, package="schedulefree", label="Schedule-Free AdamW"),
     OptimizerSpec("dog", "dog:DoG", takes_betas=False, takes_eps=True, lr_free=True, step_size=_lr_times_eta,
-                  package="dog-optimizer"),
+                  package="dog-optimizer", label="DoG"),
     # its documented defaults, betas (0.9, 0.99) included, unless given in **kw
     OptimizerSpec("ppsf", "prodigyplus:ProdigyPlusScheduleFree", takes_betas=False, takes_eps=True, lr_free=True,
-                  step_size=_lr_times_d, package="prodigy-plus-schedule-free"),
+                  step_size=_lr_times_d, package="prodigy-plus-schedule-free", label="Prodigy+ScheduleFree"),
 )
 OPTIMIZERS = tuple(spec.name for spec in SPECS)
 _BY_NAME = {spec.name: spec for spec in SPECS}
@@ -132,6 +137,12 @@ _BY_CLASS = {spec.class_name: spec for spec in SPECS}
 BUILTIN = tuple(spec.name for spec in SPECS if spec.package is None)
 # Learning-rate-free peers in the `peers` extra: their `lr` is a multiplier.
 LR_FREE = tuple(spec.name for spec in SPECS if spec.lr_free)
+
+
+def label(name: str) -> str:
+    """The display name of optimizer `name` (the name itself if it is not in the table)."""
+    spec = _BY_NAME.get(name)
+    return spec.display_name if spec else name
 
 
 def get(name: str) -> OptimizerSpec:

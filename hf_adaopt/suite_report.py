@@ -27,11 +27,6 @@ THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final train
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"
 PLOT_FILES = {"sensitivity": "lr_sensitivity.png", "effective_lr": "effective_lr.png"}
-LABELS = {
-    "adaopt": "AdaOpt", "adamw": "AdamW", "adam": "Adam", "sgd": "SGD (m 0.9)", "rmsprop": "RMSprop",
-    "prodigy": "Prodigy", "dadapt": "D-Adaptation", "dog": "DoG", "schedulefree": "Schedule-Free AdamW",
-    "ppsf": "Prodigy+ScheduleFree",
-}
 
 
 def load(output_dir: str) -> tuple[dict, list[dict]]:
@@ -266,7 +261,7 @@ def summary_markdown(result: dict) -> str:
         s = result["summary"][opt]
         lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
                    if d["optimizer"] == opt), None)
-        rows.append([f"{LABELS.get(opt, opt)} ({_lr(lr)})",
+        rows.append([f"{optimizers.label(opt)} ({_lr(lr)})",
                      *[_fmt_gap(s["gaps"].get(n), metric[n]) + (f" (#{s['ranks'][n]})" if n in s["ranks"] else "")
                        for n in names],
                      f"{s['mean_rank']:.2f}", f"{s['worst_gap']:+.2f}"])
@@ -409,7 +404,7 @@ def workload_markdown(w: dict, spec: dict) -> str:
     rows = []
     for c in w["cells"]:
         steps = c.get("steps_to_threshold")
-        rows.append([LABELS.get(c["optimizer"], c["optimizer"]), _lr(c["lr"]), str(c["n"]), _fmt_value(c, metric),
+        rows.append([optimizers.label(c["optimizer"]), _lr(c["lr"]), str(c["n"]), _fmt_value(c, metric),
                      _fmt_gap(c.get("gap"), metric), str(c.get("default_rank", "")),
                      ("–" if steps is None else f"{steps:.0f}") + f" ({c.get('reached_threshold', '')})",
                      f"{c['train_time_s']:.1f}", f"{c['lr_cv']:.3f}"])
@@ -417,7 +412,7 @@ def workload_markdown(w: dict, spec: dict) -> str:
     if w.get("tests"):
         lines += ["", "AdaOpt at its default against each optimizer at its default (difference = other − AdaOpt):",
                   ""]
-        rows = [[LABELS.get(t["optimizer"], t["optimizer"]), _lr(t["lr"]), f"{t['diff']:+.3f}",
+        rows = [[optimizers.label(t["optimizer"]), _lr(t["lr"]), f"{t['diff']:+.3f}",
                  render.pval(t.get("welch_p_holm")), render.pval(t.get("mwu_p_holm"))] for t in w["tests"]]
         lines.append(_table(["optimizer", "lr", "difference", "p Welch (Holm)", "p MWU (Holm)"], rows))
     return "\n".join(lines)
@@ -514,11 +509,11 @@ def plot_sensitivity(result: dict, path: str) -> bool:
             if cs:
                 ax.errorbar([c["lr"] for c in cs], [c["mean"] for c in cs],
                             yerr=[c["std"] if math.isfinite(c["std"]) else 0.0 for c in cs],
-                            label=LABELS[opt], capsize=2, **style)
+                            label=optimizers.label(opt), capsize=2, **style)
         others = [c for c in w["cells"] if c["optimizer"] not in ("adaopt", "adamw") and math.isfinite(c["mean"])
                   and c.get("default_rank") is not None]
         for i, c in enumerate(others):
-            ax.axhline(c["mean"], ls=":", lw=1, color=f"C{(i + 2) % 10}", label=LABELS.get(c["optimizer"], c["optimizer"]))
+            ax.axhline(c["mean"], ls=":", lw=1, color=f"C{(i + 2) % 10}", label=optimizers.label(c["optimizer"]))
         ax.set_xscale("log")
         ax.set_xlabel("initial learning rate")
         ax.set_ylabel("eval accuracy %" if w["metric"] == "accuracy" else "eval bits per char (lower is better)")

@@ -96,6 +96,13 @@ def test_step_size_of_an_optimizer_not_in_the_table_is_its_lr():
     assert optimizers.step_size(opt, opt.param_groups[0]) == 0.3
 
 
+def test_every_optimizer_has_one_display_name_used_by_the_reports():
+    labels = [optimizers.label(name) for name in optimizers.OPTIMIZERS]
+    assert len(set(labels)) == len(labels) and all(labels)
+    assert optimizers.label("adaopt") == "AdaOpt" and optimizers.label("dadapt") == "D-Adaptation"
+    assert optimizers.label("not-in-the-table") == "not-in-the-table"
+
+
 def test_param_groups_keep_their_own_weight_decay():
     model, _, _ = _problem()
     groups = [
