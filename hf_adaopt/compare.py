@@ -527,7 +527,7 @@ def finish(c: Comparison, console) -> int:
             print(f"pushed {c.output_dir} to {args.hub_model_id}", file=console)
         except (hub.HubPushError, ValueError, OSError, ImportError) as e:  # each names the problem and the fix
             print(f"push to {args.hub_model_id} failed: {e}\nlocal results are kept in {c.output_dir}", file=console)
-            status = 1
+            status = 3  # the push failed, the results are written: the same status as `train` and `push`
     console.flush()
     print()
     print(render.summary_table(result))

@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-adaopt push: error: {err}", file=sys.stderr)
         if isinstance(err, HubPushError):
             print(f"hf-adaopt push: the local results in {args.output_dir} are unchanged.", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
+        # one exit code per kind of failure, as in `train` and `compare`: 2 a bad argument or a missing extra
+        # (nothing was contacted), 3 the push itself failed (the local files are kept)
+        return 3 if isinstance(err, HubPushError) else 2
     kind = "model" if result.repo_type == "model" else "dataset"
     if result.dry_run_dir:
         print(f"dry run: {len(result.files)} files for {kind} repo {result.repo_id} written to {result.dry_run_dir}"

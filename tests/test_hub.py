@@ -425,7 +425,7 @@ def test_push_failure_names_problem_and_fix_and_keeps_local_files(case, cli):
 def test_rejected_token_names_the_fix(fake_hub, run_dir, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_token")
-    assert hub.main([str(run_dir), "--repo_id", f"{USER}/x"]) == 1
+    assert hub.main([str(run_dir), "--repo_id", f"{USER}/x"]) == 3  # the push failed, local files kept
     err = capsys.readouterr().err
     assert "the token was rejected" in err and "401" in err and "hf auth login" in err and "HF_TOKEN" in err
     assert ("model", f"{USER}/x") not in fake_hub.repos
