@@ -37,7 +37,7 @@ from typing import Any
 from hf_adaopt import results as store
 from hf_adaopt.cards import REDACTED, _redact, build_model_card, build_results_card
 from hf_adaopt.logs import get_logger
-from hf_adaopt.tasks.base import offline_variable
+from hf_adaopt.tasks.base import offline_variable, unreachable_errors
 
 logger = get_logger(__name__)
 
@@ -218,10 +218,7 @@ def _resolve_token(token: str | None) -> str:
 
 
 def _is_connection_error(err: BaseException) -> bool:
-    names = {c.__name__ for c in type(err).__mro__}
-    return isinstance(err, (ConnectionError, TimeoutError)) or bool(
-        names & {"TransportError", "ConnectError", "ConnectTimeout", "Timeout", "TimeoutException"}
-    )
+    return isinstance(err, unreachable_errors())
 
 
 def _explain(err: BaseException, *, endpoint: str, repo_id: str, repo_type: str, step: str) -> HubPushError:

@@ -476,3 +476,19 @@ def test_reproduce_command_is_pasteable():
     assert cards._reproduce_command("training_scripts/train.py --task digits") == "python training_scripts/train.py --task digits"
     assert cards._reproduce_command("/venv/bin/hf-adaopt train --task mnist") == "hf-adaopt train --task mnist"
     assert cards._reproduce_command("/x/hf_adaopt/cli.py compare --seeds 5") == "hf-adaopt compare --seeds 5"
+
+
+def test_unreachable_is_recognised_by_type_not_by_class_name():
+    """A connection failure of the Hub client (httpx or its fork httpx2, requests) reads as "cannot reach";
+    an unrelated exception that merely shares a class name does not."""
+    from hf_adaopt.tasks.base import _http_clients
+
+    class ConnectError(Exception):  # same name as the client's, another type
+        pass
+
+    for client in _http_clients():
+        assert hub._is_connection_error(client.ConnectError("refused"))
+        assert hub._is_connection_error(client.ConnectTimeout("slow"))
+    assert hub._is_connection_error(ConnectionRefusedError())
+    assert not hub._is_connection_error(ConnectError("refused"))
+    assert not hub._is_connection_error(ValueError("bad repo id"))

@@ -7,6 +7,7 @@ the Hub dataset's schema (`--train_file` / `--validation_file`), like the transf
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,16 +155,37 @@ def hub_unreachable_reason(timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
         return f"no connection to {url.hostname}:{port} within {timeout:g} s ({exc})"
 
 
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "no connection to the endpoint" rather than an answer from it: the standard
+    library's, httpx's transport errors (huggingface_hub's client) and requests' connection errors and timeouts."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for client in _http_clients():
+        errors.append(client.TransportError)
+    try:
+        import requests
+
+        errors += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _http_clients() -> list:
+    """The httpx-style client modules installed: huggingface_hub 1.x uses `httpx`, 2.x its fork `httpx2`."""
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return found
+
+
 def hub_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the Hub could not be reached" (or the id does not exist there): what
     `load_dataset` and `from_pretrained` raise then (transformers wraps most of them in OSError)."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
+    errors += [client.HTTPError for client in _http_clients()]
     try:
         import requests
 
