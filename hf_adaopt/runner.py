@@ -134,7 +134,6 @@ def make_record(
     command: str,
     argv: Sequence[str],
     run_dir: str,
-    threshold: float | None,
 ) -> dict:
     """The results.jsonl line of one finished run."""
     history = result.get("log_history", [])
@@ -164,17 +163,8 @@ def make_record(
         "total_steps": max([e.get("step", 0) for e in history] + list(traj.get("step", [])) + [0]),
         **{f"lr_{k}": json_safe(v) for k, v in lr_stats.items() if k != "n"},
     }
-    if threshold is not None:
-        acc = [
-            (p["step"], p["epoch"], p["eval_accuracy"]) for p in eval_curve if p["eval_accuracy"] is not None
-        ]
-        metrics["threshold"] = threshold
-        metrics["steps_to_threshold"] = stats.steps_to_threshold(
-            [a[0] for a in acc], [a[2] for a in acc], threshold
-        )
-        metrics["epochs_to_threshold"] = stats.steps_to_threshold(
-            [a[1] for a in acc], [a[2] for a in acc], threshold
-        )
+    # steps / epochs to a threshold are not recorded here: the threshold depends on every run's result
+    # (a fraction of the best mean), so the report computes them from eval_curve (analysis.derive_thresholds)
     return {
         "task": spec.task,
         "optimizer": spec.optimizer,
@@ -253,8 +243,8 @@ def _run_dir_of(argv: Sequence[str]) -> str:
     return argv[max(i for i, a in enumerate(argv) if a == "--output_dir") + 1]
 
 
-def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, threshold: float | None = None,
-             console=sys.stderr, desc: str = "runs") -> int:
+def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, console=sys.stderr,
+             desc: str = "runs") -> int:
     """Train `jobs` one after the other in this process, appending each record to results.jsonl as it ends.
 
     Returns 0, or after the first failed run 2 when its data cannot be used (DataFileError, DataUnavailableError), else
@@ -291,7 +281,7 @@ def run_jobs(jobs: Sequence[Job], output_dir: str, env: dict, command: str, *, t
             elapsed = time.perf_counter() - start
             record = make_record(
                 spec, rid, job.chash, result, tr_args, results.recorded_config(t_args, o_args, tr_args), elapsed, env,
-                command, job.argv, run_dir, threshold,
+                command, job.argv, run_dir,
             )
             record.update(job.extra)
             results.append_record(results_path, record)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hf_adaopt import compare, results, runner
+from hf_adaopt import compare_args, results, runner
 from hf_adaopt.results import SUITE_CONFIG_FILE as CONFIG_FILE
 
 DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
@@ -228,7 +228,7 @@ def default_num_proc() -> int:
 def resolve(args) -> dict:
     """Checked grid settings from the parsed arguments; ValueError names the bad one."""
     workloads = _parse_list(args.workloads, list(WORKLOADS), "--workloads")
-    optimizers = compare.resolve_optimizers(args.optimizers)
+    optimizers = compare_args.resolve_optimizers(args.optimizers)
     if args.seed_list is not None:
         try:
             seeds = sorted({int(x) for x in args.seed_list.split(",") if x.strip()})
@@ -241,10 +241,10 @@ def resolve(args) -> dict:
         if n < 1:
             raise ValueError(f"--seeds must be >= 1, got {n}")
         seeds = list(range(n))
-    lrs = compare._float_list(args.lrs, "--lrs") if args.lrs is not None else None
+    lrs = compare_args.float_list(args.lrs, "--lrs") if args.lrs is not None else None
     if lrs is not None and any(not lr < 10.0 for lr in lrs):
         raise ValueError(f"--lrs: initial lrs must be finite and below 10, got {args.lrs!r}")
-    shard = compare.parse_shard(args.shard)
+    shard = compare_args.parse_shard(args.shard)
     num_proc = default_num_proc() if args.num_proc is None else args.num_proc
     if num_proc < 1:
         raise ValueError(f"--num_proc must be >= 1, got {num_proc}")
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_report", action="store_true", help=argparse.SUPPRESS)  # set for shard processes
     args, passthrough = parser.parse_known_args(argv)
     try:
-        for opt in (*compare._PER_RUN_OPTIONS, "--learning_rate"):
+        for opt in (*compare_args.PER_RUN_OPTIONS, "--learning_rate"):
             if any(a == opt or a.startswith(opt + "=") for a in passthrough):
                 raise ValueError(f"{opt} is set per run by the suite (use --workloads, --optimizers, --lrs, --seeds)")
         settings = resolve(args)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hf_adaopt import suite, suite_report
+from hf_adaopt import suite, suite_analysis, suite_report
 from hf_adaopt.optimizers import available_optimizers
 from hf_adaopt.tasks import offline_data
 
@@ -137,7 +137,7 @@ def test_every_workload_runs_end_to_end_and_the_report_holds_its_metric(tmp_path
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["workload"] for r in records) == sorted(suite.WORKLOADS)
     for r in records:
-        value = suite_report.final_value(r)
+        value = suite_analysis.final_value(r)
         if r["metric"] == "accuracy":
             assert 0.0 <= value <= 100.0
         else:
@@ -197,7 +197,7 @@ def _synthetic():
 
 def test_analysis_finds_the_best_adamw_cell_and_adaopts_worst_case():
     config, recs = _synthetic()
-    result = suite_report.analyze(config, recs)
+    result = suite_analysis.analyze(config, recs)
     img, lm = result["workloads"]["img"], result["workloads"]["lm"]
     assert img["best_adamw"]["lr"] == 1e-3 and math.isclose(img["best_adamw"]["mean"], 90.0)
     assert img["adaopt"]["worst_lr"] == 1e-1 and math.isclose(img["adaopt"]["worst_gap"], -4.0)
@@ -210,7 +210,7 @@ def test_analysis_finds_the_best_adamw_cell_and_adaopts_worst_case():
 
 def test_ranks_at_defaults_and_the_summary_across_workloads():
     config, recs = _synthetic()
-    result = suite_report.analyze(config, recs)
+    result = suite_analysis.analyze(config, recs)
     ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["img"]["defaults"]}
     assert ranks == {"prodigy": 1, "adam": 2, "adamw": 2, "adaopt": 4}
     lm_ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["lm"]["defaults"]}
@@ -229,7 +229,7 @@ def test_a_diverged_language_model_counts_as_the_worst_result():
     bad["eval"]["eval_loss"] = float("nan")
     recs.append(bad)
     config["run_ids"].append(bad["run_id"])
-    lm = suite_report.analyze(config, recs)["workloads"]["lm"]
+    lm = suite_analysis.analyze(config, recs)["workloads"]["lm"]
     assert lm["adaopt"]["worst_lr"] == 1e-1 and lm["adaopt"]["worst_gap"] == -math.inf
 
 
