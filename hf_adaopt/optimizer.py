@@ -9,9 +9,14 @@ The step of every tensor :math:`i` is
 * :math:`s_t` -- the group's ``lr`` divided by the **reference lr**, the largest ``lr`` the groups were created
   with: per-group lrs keep their ratios, and a scheduler's changes to ``lr`` act as a multiplier.
 * :math:`d_t` -- **base scale**, one scalar for the optimizer; ``effective_lr`` is :math:`s_t d_t`. It starts at
-  ``initial_scale`` (1%) of the weight matrices' RMS -- whatever the lr: a first step of 1% of the weights is
-  safe for a pretrained model and small for one trained from scratch (LARS/LAMB's trust ratio, used as a start
-  instead of a cap) -- is held there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
+  **Polyak's step** for Adam's first direction, whatever the lr: that direction is :math:`\operatorname{sign}(g)`,
+  whose first-order loss decrease is :math:`d\,\|g\|_1`, and :math:`d_0 = c\, f_0 / \|g\|_1` makes it
+  ``initial_decrease`` :math:`c` (3%) of the first loss :math:`f_0` (Polyak 1987, with the floor :math:`f^*`
+  taken as 0, as SPS and MoMo do). On the suite it landed within 2.5x of the best-tuned AdamW lr on five of
+  six workloads, where the first version's 1% of the weights' RMS was 6-15x off on four; it reads the full
+  fine-tune (many coherent gradients) as needing a small step and LoRA (few) a large one. Without a loss (no
+  :meth:`set_loss`, no closure) it starts at ``initial_scale`` (1%) of the weight matrices' RMS. It is held
+  there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
   step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
   (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
   previous step's direction, compare the directional derivative before the step,
@@ -33,6 +38,13 @@ The step of every tensor :math:`i` is
   the per-gradient share; noise then ratcheted the step up, which needed a cap). Optionally
   (``variance_power`` p > 0, off by default), :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step
   towards tensors with more signal.
+* **Progress ceiling**: the step grows past its start at most as far as the loss has fallen,
+  :math:`d_t \le d_0 (f_0/\bar f_t)^{k}`, :math:`\bar f` an EMA (:math:`\beta_1`) of the loss and :math:`k` =
+  ``progress_power`` (1). Growth must be earned: on a plateau -- LoRA's zero-initialised adapter, a pretrained
+  body under a new head -- the secant reads every step as too short, and from Polyak's start it grew the step
+  5-10x in 30 steps and destroyed both fine-tunes (README, v5a); under the ceiling they ended at the best-tuned
+  AdamW's accuracy (v5e). It costs a start that is too small (the CNN's, 40x below AdamW's best) its recovery:
+  the step then grows only as fast as the loss falls.
 * Guards. A **loss guard** halves :math:`d` when the training loss -- given by ``set_loss`` (`AdaOptCallback`
   does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations above its running mean, and from
   then on never lets :math:`d` grow past that halved value (as an lr range test keeps a fraction of the lr at
@@ -53,8 +65,9 @@ A step with a non-finite gradient (or statistic) changes nothing -- neither the 
 and is counted in ``skipped_steps``.
 
 Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
-EMAs fill; the secant needs gradients that carry information from one step to the next; a model whose weight
-matrices are all zero at the start has no scale to start from (AdaOpt then starts at ``lr``).
+EMAs fill; the secant needs gradients that carry information from one step to the next; Polyak's start and the
+progress ceiling need a positive loss (without one AdaOpt starts at 1% of the weights' RMS, and a model whose
+weight matrices are all zero then has no scale to start from: it starts at ``lr``).
 """
 
 from __future__ import annotations
@@ -121,6 +134,10 @@ _CONTROLLER_DEFAULTS = {
     "loss_spikes": 0,
     "last_spike": 0,  # meta_step of the last spike: one spike halves the step once, then a cool-down
     "scale_ceiling": None,  # the base scale after the last spike's backoff: the step never grows past it again
+    "scale_start": None,  # the first step's base scale (progress_power)
+    "loss_start": None,  # the first step's loss (progress_power)
+    "loss_fast": 0.0,  # EMA (beta1) of the loss, not bias-corrected (progress_power)
+    "loss_fast_count": 0,
 }
 
 
@@ -129,8 +146,8 @@ class AdaOpt(Optimizer):
 
     Args:
         params: parameters or param groups (dicts), as for any ``torch.optim.Optimizer``.
-        lr: a multiplier, not the step size: the step starts at ``initial_scale`` of the weights' RMS whatever
-            ``lr`` is (with ``initial_scale=None``, at ``lr``). A scheduler that halves ``group["lr"]`` halves
+        lr: a multiplier, not the step size: the step starts at Polyak's step (``initial_decrease``) or at
+            ``initial_scale`` of the weights' RMS, whatever ``lr`` is (with both ``None``, at ``lr``). A scheduler that halves ``group["lr"]`` halves
             the step, ``lr=0`` freezes the group, and per-group lrs keep their ratios: a group steps
             ``base_scale * lr / reference_lr``, the reference lr being the largest lr among the groups (fixed
             at the first step; a group added later is read against it). Default 1e-3.
@@ -153,8 +170,15 @@ class AdaOpt(Optimizer):
         loss_spike_threshold: standard deviations above the running mean of the training loss that count
             as a spike (the base scale is halved, then the guard rests for ``warmup_steps``). ``None``
             disables the loss guard.
-        initial_scale: the first step as a fraction of the weight matrices' RMS (default 1e-2); ``None``
-            starts at ``lr`` instead (the first version).
+        initial_decrease: the first step's first-order loss decrease as a fraction of the loss (Polyak's step for
+            Adam's first direction sign(g), default 0.03); used when the first step has a positive loss (given by
+            ``set_loss``, as `AdaOptCallback` does, or a closure). ``None``: start from ``initial_scale``. In the
+            ablation (README, v5a/v5b) 0.03 started within 2.5x of the best-tuned AdamW lr on five of six workloads.
+        progress_power: exponent k of the progress ceiling d <= d0 * (first loss / recent loss)^k (default 1);
+            ``None`` lets the secant grow the step freely. k = 2 (v5f) lost LoRA to the secant's growth again.
+        initial_scale: the first step as a fraction of the weight matrices' RMS when there is no loss to take
+            Polyak's step from, or ``initial_decrease=None`` (default 1e-2); ``None`` starts at ``lr`` instead
+            (the first version).
         secant_target: the secant ratio the controller steers to, at full signal (default -1: up to twice the
             greedy step); 0 is the greedy optimum.
         signal_scaled_target: scale the target by the signal share (default True), so that it is 0 at the
@@ -168,9 +192,9 @@ class AdaOpt(Optimizer):
             variance factor (about (1 - beta1) / (1 + beta1)), rather than of one gradient (default True): the
             secant reads EMAs over ~1/(1 - beta1) steps, so its noise is the momentum's. The target keeps the
             per-gradient share, so that it is still ~0 at the noise floor.
-        The defaults of the last seven were chosen by ablation on the suite (README); the first version is
-        ``adapt_rate=0.1, initial_scale=None, secant_target=0, signal_scaled_target=False,
-        symmetric_damping=False, trust_bounds=True, momentum_noise=False``.
+        The defaults of these were chosen by ablation on the suite (README); the first version is
+        ``adapt_rate=0.1, initial_scale=None, initial_decrease=None, progress_power=None, secant_target=0,
+        signal_scaled_target=False, symmetric_damping=False, trust_bounds=True, momentum_noise=False``.
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
         fused: use the compiled step (``hf_adaopt.fused``: ``torch.compile`` makes the update one pass over each
             tensor's memory, as torch's fused AdamW does), compiled once per parameter layout at the first step
@@ -198,6 +222,8 @@ class AdaOpt(Optimizer):
         warmup_steps: int | None = None,
         loss_spike_threshold: float | None = 4.0,
         initial_scale: float | None = 1e-2,
+        initial_decrease: float | None = 0.03,
+        progress_power: float | None = 1.0,
         secant_target: float = -1.0,
         trust_bounds: bool = False,
         symmetric_damping: bool = True,
@@ -232,6 +258,9 @@ class AdaOpt(Optimizer):
             raise ValueError(f"Invalid loss_spike_threshold value: {loss_spike_threshold} (expected > 0 or None)")
         if initial_scale is not None and not 0.0 < initial_scale < 1.0:
             raise ValueError(f"Invalid initial_scale value: {initial_scale} (expected 0 < initial_scale < 1 or None)")
+        if initial_decrease is not None and not 0.0 < initial_decrease < 1.0:
+            raise ValueError(f"Invalid initial_decrease value: {initial_decrease} (expected 0 < initial_decrease < 1 "
+                             "or None)")
         if not SECANT_R_MIN < secant_target < SECANT_R_MAX:
             raise ValueError(f"Invalid secant_target value: {secant_target} (expected {SECANT_R_MIN} < r* < "
                              f"{SECANT_R_MAX})")
@@ -246,6 +275,8 @@ class AdaOpt(Optimizer):
             warmup_steps=warmup_steps,
             loss_spike_threshold=loss_spike_threshold,
             initial_scale=initial_scale,
+            initial_decrease=initial_decrease,
+            progress_power=progress_power,
             secant_target=secant_target,
             trust_bounds=bool(trust_bounds),
             symmetric_damping=bool(symmetric_damping),
@@ -285,7 +316,8 @@ class AdaOpt(Optimizer):
             group.setdefault("base_lr", group["lr"])
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
-            for key, value in (("initial_scale", None), ("secant_target", 0.0), ("trust_bounds", True),
+            for key, value in (("initial_scale", None), ("initial_decrease", None), ("progress_power", None),
+                               ("secant_target", 0.0), ("trust_bounds", True),
                                ("symmetric_damping", False), ("trusted_growth", False),
                                ("signal_scaled_target", False), ("momentum_noise", False)):
                 group.setdefault(key, value)  # checkpoints from before these settings existed
@@ -397,7 +429,12 @@ class AdaOpt(Optimizer):
 
         # 1. every scalar that sets the step, on the device, stacked
         stats = stats_fn(tensors)
-        values = _read_scalars(stats, tensors, pending)  # the one host sync (and all_reduce)
+        first_l1 = None
+        if self.param_groups[0]["base_scale"] is None and self.param_groups[0].get("initial_decrease") \
+                and pending is not None:
+            # the first step only: sum |g| per tensor, the first-order loss decrease of Adam's first step sign(g)
+            first_l1 = torch.stack(torch._foreach_norm(tensors["grads"], 1)).to(stats.dtype)
+        values = _read_scalars(stats, tensors, pending, first_l1)  # the one host sync (and all_reduce)
         # 2. host: skip, or move the controller and compute the per-tensor step sizes
         plan = _plan_step(self.param_groups, tensors, values, has_loss=pending is not None)
         if plan is None:
@@ -480,7 +517,8 @@ class AdaOpt(Optimizer):
 # What AdaOpt refuses up front
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
-OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "secant_target",
+OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "initial_decrease",
+                  "progress_power", "secant_target",
                   "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "momentum_noise",
                   "foreach", "fused")
 # What every parameter's state holds once it has stepped.
@@ -582,23 +620,27 @@ def _bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, flo
     return 1.0 - beta1**step, 1.0 - beta2**step
 
 
-def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None) -> list[float]:
+def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None,
+                  first_l1: Tensor | None = None) -> list[float]:
     """Reduce the stacked statistics across ranks (one all_reduce) and bring them to the host (one sync).
 
     Layout of ``stats``: NUM_STATS rows (grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq) x n tensors,
-    flattened, then the loss.
+    flattened, then the loss, then (first step with ``initial_decrease`` only) sum |g| per tensor.
     Replicated tensors (DDP) hold the same value on every rank and are averaged; shards (FSDP2 DTensors)
     hold partial sums and are summed; the loss is a per-rank value and is averaged.
     """
     loss_t = torch.zeros((), dtype=stats.dtype, device=stats.device) if loss is None else (
         torch.as_tensor(loss, dtype=stats.dtype).to(stats.device))
-    vec = torch.cat([stats.reshape(-1), loss_t.reshape(1)])
+    parts = [stats.reshape(-1), loss_t.reshape(1)] + ([] if first_l1 is None else [first_l1.to(stats.device)])
+    vec = torch.cat(parts)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         world = torch.distributed.get_world_size()
         if world > 1:
             sharded = [_is_sharded(p) for p in tensors["params"]]
             torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.SUM)
-            divisor = torch.tensor([1.0 if s else float(world) for s in sharded] * NUM_STATS + [float(world)],
+            per_tensor = [1.0 if s else float(world) for s in sharded]
+            divisor = torch.tensor(per_tensor * NUM_STATS + [float(world)] + (per_tensor if first_l1 is not None
+                                                                               else []),
                                    dtype=vec.dtype, device=vec.device)
             vec = vec / divisor
     values = vec.tolist()  # this is the step's single CPU-GPU sync point
@@ -623,7 +665,7 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         return None
 
     # The controller is one set of scalars for the whole optimizer; every group holds a copy.
-    c = {k: g0[k] for k in _CONTROLLER_DEFAULTS}
+    c = {k: g0.get(k, v) for k, v in _CONTROLLER_DEFAULTS.items()}
     if c["reference_lr"] is None:  # first step (or a checkpoint from before reference_lr existed)
         c["reference_lr"] = max(g["base_lr"] for g in groups)
     matrices = [i for i in range(n) if tensors["params"][i].dim() >= 2] or list(range(n))
@@ -633,6 +675,11 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         # The first step: the user's lr, or (initial_scale) a fraction of the weights' RMS, whatever the lr
         initial = g0.get("initial_scale")
         c["base_scale"] = c["reference_lr"] if initial is None or p2 <= 0.0 else initial * math.sqrt(p2 / n2)
+        l1 = sum(values[NUM_STATS * n + 1:])
+        if g0.get("initial_decrease") and has_loss and loss > 0.0 and l1 > 0.0 and len(values) > NUM_STATS * n + 1:
+            # Polyak's step for Adam's first direction sign(g): a first-order loss decrease of d * sum|g|, set
+            # to initial_decrease of the loss (the floor f* taken as 0)
+            c["base_scale"] = g0["initial_decrease"] * loss / l1
     c["meta_step"] += 1
     t = c["meta_step"]
 
@@ -717,6 +764,15 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         c["loss_count"] += 1
     if c.get("scale_ceiling") is not None:  # a step that once made the loss spike is not taken again
         d = min(d, c["scale_ceiling"])
+    power = g0.get("progress_power")
+    if power and has_loss and loss > 0.0:
+        # growth must be earned: the step grows past its start at most as (first loss / recent loss)^power
+        if c["loss_start"] is None:
+            c["loss_start"], c["scale_start"] = loss, d
+        c["loss_fast"] = beta1 * c["loss_fast"] + (1.0 - beta1) * loss
+        c["loss_fast_count"] += 1
+        recent = c["loss_fast"] / (1.0 - beta1 ** c["loss_fast_count"])
+        d = min(d, c["scale_start"] * (c["loss_start"] / recent) ** power)
 
     # Trust bound over the weight matrices: the RMS step d * rms(u) stays below MAX_UPDATE_RATIO * rms(theta).
     # Before the first step there is no direction yet; Adam's first direction is sign(g), of RMS 1.

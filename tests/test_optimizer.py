@@ -345,7 +345,7 @@ def test_a_loss_spike_halves_the_step_and_caps_it_from_then_on():
     secant's growth would otherwise climb straight back into the step that made the loss spike)."""
     torch.manual_seed(0)
     w = nn.Parameter(5.0 + 3.0 * torch.randn(64))  # far from the minimum: the secant keeps growing the step
-    opt = AdaOpt([w], warmup_steps=2)
+    opt = AdaOpt([w], warmup_steps=2, progress_power=None)  # the loss guard alone (a flat loss allows no growth)
     scales = []
     for t in range(40):
         opt.zero_grad()
@@ -360,6 +360,55 @@ def test_a_loss_spike_halves_the_step_and_caps_it_from_then_on():
     ceiling = opt.param_groups[0]["scale_ceiling"]
     assert ceiling == pytest.approx(scales[20])
     assert max(scales[20:]) <= ceiling and max(scales[:20]) > ceiling  # it had grown past it before the spike
+
+
+@pytest.mark.parametrize("fall", [1.0, 4.0])
+def test_the_step_grows_past_its_start_only_as_far_as_the_loss_has_fallen(fall):
+    """progress_power 1: however hard the secant pushes, d <= d0 * first loss / recent loss (EMA over beta1)."""
+    torch.manual_seed(0)
+    w = nn.Parameter(5.0 + 3.0 * torch.randn(64))  # far from the minimum: the secant keeps growing the step
+    free = AdaOpt([w], warmup_steps=2, progress_power=None)
+    held = AdaOpt([nn.Parameter(w.detach().clone())], warmup_steps=2, progress_power=1.0)
+    for opt in (free, held):
+        p = opt.param_groups[0]["params"][0]
+        for t in range(40):
+            opt.zero_grad()
+            (0.5 * (p - 5.0) ** 2).sum().backward()
+            opt.set_loss(1.0 / fall if t >= 5 else 1.0)  # the loss falls by `fall` at step 6, then stays
+            opt.step()
+    start = held.param_groups[0]["scale_start"]
+    assert free.param_groups[0]["base_scale"] > 2 * fall * start  # the secant alone grows far past the start
+    # held at the ceiling, which the EMA of the loss has (nearly) reached by step 40
+    assert 0.9 * fall * start <= held.param_groups[0]["base_scale"] <= fall * start * (1 + 1e-12)
+
+
+def test_initial_decrease_sets_the_first_step_from_the_loss_whatever_the_lr():
+    # Polyak's step for Adam's first direction sign(g): the first-order decrease d * sum|g| is 3% of the loss
+    x, y = _toy_data()
+    firsts = []
+    for lr in (1e-5, 1e-1):
+        model = _toy_model()
+        opt = AdaOpt(model.parameters(), lr=lr, initial_decrease=0.03)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        l1 = sum(float(p.grad.abs().sum()) for p in model.parameters())
+        opt.set_loss(loss.detach())
+        opt.step()
+        firsts.append(opt.diagnostics()["effective_lr"])
+        assert firsts[-1] == pytest.approx(0.03 * loss.item() / l1, rel=1e-5)
+    assert firsts[0] == firsts[1]
+
+
+def test_without_a_loss_the_first_step_is_a_fraction_of_the_weights_rms():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters(), initial_decrease=0.03, initial_scale=1e-2)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # no set_loss, no closure: nothing to take Polyak's step from
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    rms = math.sqrt(sum(float((p.detach() ** 2).sum()) for p in matrices) / sum(p.numel() for p in matrices))
+    # the weights moved by one step since; the start was read before it
+    assert opt.diagnostics()["effective_lr"] == pytest.approx(1e-2 * rms, rel=1e-2)
 
 
 @pytest.mark.parametrize("lr", [1e-4, 1e-2, 1e-1])
@@ -410,6 +459,7 @@ def test_empty_optimizer_step_is_a_no_op():
         ({"min_variance_factor": 0.0}, "Invalid min_variance_factor value: 0.0"),
         ({"warmup_steps": -3}, "Invalid warmup_steps value: -3"),
         ({"loss_spike_threshold": 0.0}, "Invalid loss_spike_threshold value: 0.0"),
+        ({"initial_decrease": 1.5}, "Invalid initial_decrease value: 1.5"),
     ],
 )
 def test_invalid_arguments_name_the_bad_value(kwargs, message):
@@ -464,8 +514,8 @@ def test_import_needs_torch_only():
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, weight_decay):
-    """The controller's oracle: no secant (adapt_rate 0), no trust bounds, no loss guard and the user's lr as the
-    start -- AdaOpt must then be torch's AdamW exactly (float64, 30 steps, two groups)."""
+    """The controller's oracle: no secant (adapt_rate 0), no trust bounds, no loss guard, no progress ceiling and
+    the user's lr as the start -- AdaOpt must then be torch's AdamW exactly (float64, 30 steps, two groups)."""
     model_a, model_b = _toy_model(torch.float64), _toy_model(torch.float64)
     x, y = _toy_data(dtype=torch.float64)
 
@@ -474,7 +524,8 @@ def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, wei
                 {"params": [p for p in model.parameters() if p.dim() == 1], "weight_decay": 0.0}]
 
     ada = AdaOpt(groups(model_a), lr=3e-3, weight_decay=weight_decay, adapt_rate=0.0, trust_bounds=False,
-                 loss_spike_threshold=None, initial_scale=None, foreach=foreach)
+                 loss_spike_threshold=None, initial_scale=None, initial_decrease=None, progress_power=None,
+                 foreach=foreach)
     ref = torch.optim.AdamW(groups(model_b), lr=3e-3, weight_decay=weight_decay, foreach=foreach)
     _train(model_a, ada, x, y, steps=30)
     _train(model_b, ref, x, y, steps=30, feed_loss=False)
