@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hf_adaopt import optimizers, results, stats
@@ -77,6 +77,13 @@ def _mean(values: Sequence[float | None]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+def _mean_gap(gaps: Iterable[float]) -> float:
+    """The mean of a row's gaps across workloads (points and % of bpc alike, as the worst gap mixes them); a
+    diverged workload (-inf) makes it -inf."""
+    gaps = list(gaps)
+    return sum(gaps) / len(gaps) if gaps else math.nan
+
+
 def _summary(values: Sequence[float]) -> dict:
     """stats.summarize, or -- when a run diverged (inf) -- the count and an infinite mean."""
     if all(math.isfinite(v) for v in values):
@@ -101,6 +108,12 @@ def _final_train_loss(rec: dict) -> float | None:
     return curve[-1] if curve else None
 
 
+def _effective_lr(rec: dict, index: int) -> float | None:
+    """The adapted step an lr-free optimizer took first (index 0) or last (-1), from its lr trajectory."""
+    lrs = [x for x in (rec.get("lr_trajectory") or {}).get("lr", []) if x]
+    return lrs[index] if lrs else None
+
+
 def analyze_workload(name: str, metric: str, records: Sequence[dict], default_cell: dict) -> dict:
     better = is_better(metric)
     groups: dict[tuple[str, float | None], list[dict]] = {}
@@ -118,6 +131,9 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
             "train_time_s": _mean([r["metrics"].get("train_time_s") for r in runs]),
             "lr_cv": _mean([r["metrics"].get("lr_cv") for r in runs]),
             "final_train_loss": _mean([_final_train_loss(r) for r in runs]),
+            # mean over seeds of the first and the last step size taken (nan where the lr is not adapted)
+            "effective_lr_start": _mean([_effective_lr(r, 0) for r in runs]),
+            "effective_lr_end": _mean([_effective_lr(r, -1) for r in runs]),
         })
     adamw = [c for c in cells if c["optimizer"] == "adamw" and math.isfinite(c["mean"])]
     out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells,
@@ -205,7 +221,9 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
     for s in summary.values():
         s["mean_rank"] = _mean(list(s["ranks"].values()))
         s["worst_gap"] = min(s["gaps"].values())
+        s["mean_gap"] = _mean_gap(s["gaps"].values())
     ada_worst = {n: w["adaopt"]["worst_gap"] for n, w in workloads.items() if "adaopt" in w}
+    tuned_sf = [w["schedulefree_tuned"]["gap"] for w in workloads.values() if "schedulefree_tuned" in w]
     n_runs = sum(w["n_runs"] for w in workloads.values())
     elapsed = sum(r.get("elapsed_s") or 0.0 for r in records)
     return {
@@ -214,5 +232,6 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
         "workloads": workloads, "workload_order": list(workloads), "summary": summary,
-        "adaopt_worst_gap": ada_worst,
+        "adaopt_worst_gap": ada_worst, "adaopt_worst_mean_gap": _mean_gap(ada_worst.values()),
+        "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if len(tuned_sf) == len(workloads) else None,
     }

@@ -58,7 +58,7 @@ def summary_markdown(result: dict) -> str:
     names = list(result["workloads"])
     metric = {n: result["workloads"][n]["metric"] for n in names}
     header = ["optimizer (default lr)", *[f"{n} ({'pts' if metric[n] == 'accuracy' else '% bpc'})" for n in names],
-              "mean rank", "worst gap"]
+              "mean rank", "mean gap", "worst gap"]
     rows = []
     order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], optimizers.order_key(o)))
     for opt in order:
@@ -68,20 +68,23 @@ def summary_markdown(result: dict) -> str:
         rows.append([f"{optimizers.label(opt)} ({_lr(lr)})",
                      *[_fmt_gap(s["gaps"].get(n), metric[n]) + (f" (#{s['ranks'][n]})" if n in s["ranks"] else "")
                        for n in names],
-                     f"{s['mean_rank']:.2f}", f"{s['worst_gap']:+.2f}"])
+                     f"{s['mean_rank']:.2f}", f"{s['mean_gap']:+.2f}", f"{s['worst_gap']:+.2f}"])
     ws = result["workloads"]
     if any("adaopt" in w for w in ws.values()):
         rows.append(["AdaOpt, worst of its initial lrs", *[
             (_fmt_gap(ws[n]["adaopt"]["worst_gap"], metric[n]) + f" (lr {_lr(ws[n]['adaopt']['worst_lr'])})")
-            if "adaopt" in ws[n] else "–" for n in names], "", f"{min(result['adaopt_worst_gap'].values()):+.2f}"])
+            if "adaopt" in ws[n] else "–" for n in names], "", f"{result['adaopt_worst_mean_gap']:+.2f}",
+            f"{min(result['adaopt_worst_gap'].values()):+.2f}"])
     if any("schedulefree_tuned" in w for w in ws.values()):
         rows.append(["Schedule-Free AdamW, best of 1e-3/2.5e-3/1e-2", *[
             (_fmt_gap(ws[n]["schedulefree_tuned"]["gap"], metric[n]) + f" (lr {_lr(ws[n]['schedulefree_tuned']['lr'])})")
-            if "schedulefree_tuned" in ws[n] else "–" for n in names], "", ""])
+            if "schedulefree_tuned" in ws[n] else "–" for n in names], "",
+            "" if result.get("schedulefree_tuned_mean_gap") is None else f"{result['schedulefree_tuned_mean_gap']:+.2f}",
+            ""])
     rows.append(["best-tuned AdamW (reference)", *[
         (f"{ws[n]['best_adamw']['mean']:.{2 if metric[n] == 'accuracy' else 3}f}"
          + ("%" if metric[n] == "accuracy" else " bpc") + f" at {_lr(ws[n]['best_adamw']['lr'])}")
-        if "best_adamw" in ws[n] else "–" for n in names], "", ""])
+        if "best_adamw" in ws[n] else "–" for n in names], "", "", ""])
     return _table(header, rows)
 
 
@@ -186,7 +189,8 @@ def readme_section(result: dict) -> str:
         f"{result['run_seconds'] / 3600:.1f} h of process time, {result['run_seconds'] / 7200:.1f} h on two cores "
         "(other jobs shared the machine part of the time).", "",
         "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
-        "character; negative is worse; `#` = rank among the defaults):", "",
+        "character; negative is worse; `#` = rank among the defaults; mean gap = the mean of the six, points and % "
+        "alike):", "",
         summary_markdown(result), "",
         "**AdaOpt from every initial lr** (mean ± std over seeds):", "",
         adaopt_sweep_markdown(result),
@@ -233,7 +237,7 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         f"Environment: {env.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
         "Gaps are to the best-tuned AdamW cell (its best of 11 initial lrs, 1e-6 ... 1e-1 in half decades); "
         "negative is worse: accuracy points, or percent of bits per character. Ranks are among the optimizers at "
-        "their defaults (1 = best).", "",
+        "their defaults (1 = best); the mean gap is the mean of a row's gaps, points and percent alike.", "",
         "## Across workloads", "", summary_markdown(result), "", *verdict_lines(result), "",
     ]
     for p in plots:

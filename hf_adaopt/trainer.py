@@ -16,8 +16,9 @@ Recommended ``TrainingArguments``:
   unless ``lr_scheduler_type`` says otherwise (``create_optimizer_and_scheduler`` returns a constant one).
 * ``max_grad_norm``: the Trainer's default 1.0 or 0 (off): the secant normalizes each directional derivative by
   the norm of the gradient it was measured with, so clipping does not bias it (the suite runs both).
-* ``learning_rate``: a multiplier and the ratio between groups, not the step: AdaOpt's step starts at 1% of the
-  weights' RMS whatever the lr (``initial_scale=None`` makes the lr the first step again).
+* ``learning_rate``: a multiplier and the ratio between groups, not the step: AdaOpt's step starts at Polyak's
+  step from the first loss (which `AdaOptCallback` feeds) whatever the lr (``initial_decrease=None,
+  initial_scale=None`` make the lr the first step again).
 """
 
 from __future__ import annotations

@@ -217,10 +217,24 @@ def test_ranks_at_defaults_and_the_summary_across_workloads():
     assert lm_ranks["prodigy"] == 4 and lm_ranks["adam"] == 1
     assert math.isclose(result["summary"]["prodigy"]["mean_rank"], 2.5)
     assert math.isclose(result["summary"]["prodigy"]["worst_gap"], -25.0, rel_tol=1e-6)
+    # the mean gap: (+1 point on img, -25% of bpc on lm) / 2; AdaOpt's worst lrs: (-4 - 2.5) / 2
+    assert math.isclose(result["summary"]["prodigy"]["mean_gap"], -12.0, rel_tol=1e-6)
+    assert math.isclose(result["adaopt_worst_mean_gap"], -3.25, rel_tol=1e-6)
     tests = {t["optimizer"]: t for t in result["workloads"]["img"]["tests"]}
     assert set(tests) == {"adamw", "adam", "prodigy"} and 0.0 <= tests["prodigy"]["welch_p_holm"] <= 1.0
     table = suite_report.summary_markdown(result)
     assert "AdaOpt, worst of its initial lrs" in table and "-4.00 (lr 0.1)" in table
+
+
+def test_cells_carry_the_first_and_last_adapted_step_from_the_lr_trajectory():
+    config, recs = _synthetic()
+    for r in recs:
+        if r["optimizer"] == "adaopt" and r["workload"] == "img" and r["lr_grid"] == 1e-3:
+            r["lr_trajectory"] = {"step": [1, 2, 3], "lr": [1e-4 * (1 + r["seed"]), 5e-4, 2e-3 * (1 + r["seed"])]}
+    cells = {(c["optimizer"], c["lr"]): c for c in suite_analysis.analyze(config, recs)["workloads"]["img"]["cells"]}
+    assert math.isclose(cells[("adaopt", 1e-3)]["effective_lr_start"], 1.5e-4)  # the mean over the two seeds
+    assert math.isclose(cells[("adaopt", 1e-3)]["effective_lr_end"], 3e-3)
+    assert math.isnan(cells[("adamw", 1e-3)]["effective_lr_start"])  # no trajectory recorded
 
 
 def test_a_diverged_language_model_counts_as_the_worst_result():
