@@ -13,7 +13,7 @@ The step of every tensor :math:`i` is
   whose first-order loss decrease is :math:`d\,\|g\|_1`, and :math:`d_0 = c\, f_0 / \|g\|_1` makes it
   ``initial_decrease`` :math:`c` (3%) of the first loss :math:`f_0` (Polyak 1987, with the floor :math:`f^*`
   taken as 0, as SPS and MoMo do). On the suite it landed within 2.5x of the best-tuned AdamW lr on five of
-  six workloads, where the first version's 1% of the weights' RMS was 6-15x off on four; it reads the full
+  six workloads, where the previous start, 1% of the weights' RMS, was 6-15x off on five; it reads the full
   fine-tune (many coherent gradients) as needing a small step and LoRA (few) a large one. Without a loss (no
   :meth:`set_loss`, no closure) it starts at ``initial_scale`` (1%) of the weight matrices' RMS. It is held
   there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
@@ -42,9 +42,10 @@ The step of every tensor :math:`i` is
   :math:`d_t \le d_0 (f_0/\bar f_t)^{k}`, :math:`\bar f` an EMA (:math:`\beta_1`) of the loss and :math:`k` =
   ``progress_power`` (1). Growth must be earned: on a plateau -- LoRA's zero-initialised adapter, a pretrained
   body under a new head -- the secant reads every step as too short, and from Polyak's start it grew the step
-  5-10x in 30 steps and destroyed both fine-tunes (README, v5a); under the ceiling they ended at the best-tuned
-  AdamW's accuracy (v5e). It costs a start that is too small (the CNN's, 40x below AdamW's best) its recovery:
-  the step then grows only as fast as the loss falls.
+  5-10x in 30 steps and destroyed both fine-tunes (README, v5a); under the ceiling the full fine-tune ends level
+  with the best-tuned AdamW and LoRA 4.3 points short (v5e, 3 seeds). It costs a start that is too small (the
+  CNN's, 40x below AdamW's best) its recovery: the step then grows only as fast as the loss falls (power 1.5
+  recovered more of it and lost LoRA, v5i).
 * Guards. A **loss guard** halves :math:`d` when the training loss -- given by ``set_loss`` (`AdaOptCallback`
   does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations above its running mean, and from
   then on never lets :math:`d` grow past that halved value (as an lr range test keeps a fraction of the lr at
@@ -80,7 +81,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hf_adaopt.logs import get_logger
+
 __all__ = ["AdaOpt"]
+
+logger = get_logger(__name__)
 
 # Subsample for the directional derivatives: blocks of SUBSAMPLE_BLOCK contiguous elements out of every
 # SUBSAMPLE_PERIOD (contiguous blocks touch 1/16 of the cache lines; a plain stride of 16 floats would touch
@@ -173,9 +178,11 @@ class AdaOpt(Optimizer):
         initial_decrease: the first step's first-order loss decrease as a fraction of the loss (Polyak's step for
             Adam's first direction sign(g), default 0.03); used when the first step has a positive loss (given by
             ``set_loss``, as `AdaOptCallback` does, or a closure). ``None``: start from ``initial_scale``. In the
-            ablation (README, v5a/v5b) 0.03 started within 2.5x of the best-tuned AdamW lr on five of six workloads.
+            ablation (README, v5a/v5b) 0.03 started within 2.5x of the best-tuned AdamW lr on five of six workloads;
+            0.015 and 0.02, with room to grow (power 1.5), lost the full fine-tune (v6a, v6b).
         progress_power: exponent k of the progress ceiling d <= d0 * (first loss / recent loss)^k (default 1);
-            ``None`` lets the secant grow the step freely. k = 2 (v5f) lost LoRA to the secant's growth again.
+            ``None`` lets the secant grow the step freely. k = 1.5 (v5i, 3 seeds) was better on five workloads but
+            lost LoRA (-10.6 against -4.3), k = 2 (v5f) lost LoRA and digits.
         initial_scale: the first step as a fraction of the weight matrices' RMS when there is no loss to take
             Polyak's step from, or ``initial_decrease=None`` (default 1e-2); ``None`` starts at ``lr`` instead
             (the first version).
@@ -430,10 +437,15 @@ class AdaOpt(Optimizer):
         # 1. every scalar that sets the step, on the device, stacked
         stats = stats_fn(tensors)
         first_l1 = None
-        if self.param_groups[0]["base_scale"] is None and self.param_groups[0].get("initial_decrease") \
-                and pending is not None:
-            # the first step only: sum |g| per tensor, the first-order loss decrease of Adam's first step sign(g)
-            first_l1 = torch.stack(torch._foreach_norm(tensors["grads"], 1)).to(stats.dtype)
+        if self.param_groups[0]["base_scale"] is None and self.param_groups[0].get("initial_decrease"):
+            if pending is None:
+                logger.warning("AdaOpt: no loss for the first step (add AdaOptCallback to the Trainer, pass a "
+                               "closure to step(), or call set_loss(loss) before it): the step starts at "
+                               "initial_scale of the weights' RMS instead of Polyak's step, and the progress "
+                               "ceiling is off")
+            else:
+                # the first step only: sum |g| per tensor, the first-order decrease of Adam's first step sign(g)
+                first_l1 = torch.stack(torch._foreach_norm(tensors["grads"], 1)).to(stats.dtype)
         values = _read_scalars(stats, tensors, pending, first_l1)  # the one host sync (and all_reduce)
         # 2. host: skip, or move the controller and compute the per-tensor step sizes
         plan = _plan_step(self.param_groups, tensors, values, has_loss=pending is not None)

@@ -399,6 +399,19 @@ def test_initial_decrease_sets_the_first_step_from_the_loss_whatever_the_lr():
     assert firsts[0] == firsts[1]
 
 
+def test_a_first_step_without_a_loss_says_how_to_give_one(caplog):
+    x, y = _toy_data()
+    for feed in (True, False):
+        model = _toy_model()
+        opt = AdaOpt(model.parameters())
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_adaopt.optimizer"):
+            _train(model, opt, x, y, steps=2, feed_loss=feed)
+        warned = [r.getMessage() for r in caplog.records if "no loss for the first step" in r.getMessage()]
+        assert len(warned) == (0 if feed else 1)  # once, at the first step only
+    assert "AdaOptCallback" in warned[0] and "set_loss" in warned[0]
+
+
 def test_without_a_loss_the_first_step_is_a_fraction_of_the_weights_rms():
     model = _toy_model()
     x, y = _toy_data()
