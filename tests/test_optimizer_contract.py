@@ -626,7 +626,7 @@ def test_state_without_adaopt_keys_is_refused_at_load():
 @pytest.mark.parametrize(
     "setting",
     [{"adapt_rate": 0.3}, {"warmup_steps": 2}, {"loss_spike_threshold": None}, {"foreach": True},
-     {"betas": (0.8, 0.999)}],
+     {"initial_decrease": 0.1}, {"progress_power": None}, {"betas": (0.8, 0.999)}],
     ids=lambda s: next(iter(s)),
 )
 def test_optimizer_wide_setting_in_a_group_is_refused(setting):
