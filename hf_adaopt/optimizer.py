@@ -14,7 +14,7 @@ The step of every tensor :math:`i` is
   ``initial_decrease`` :math:`c` (3%) of the first loss :math:`f_0` (Polyak 1987, with the floor :math:`f^*`
   taken as 0, as SPS and MoMo do). On the suite it landed within 2.5x of the best-tuned AdamW lr on five of
   six workloads, where the previous start, 1% of the weights' RMS, was 6-15x off on five; it reads the full
-  fine-tune (many coherent gradients) as needing a small step and LoRA (few) a large one. Without a loss (no
+  fine-tune (22M gradients) as needing a small step and LoRA (76k) a large one. Without a loss (no
   :meth:`set_loss`, no closure) it starts at ``initial_scale`` (1%) of the weight matrices' RMS. It is held
   there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
   step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
@@ -152,10 +152,10 @@ class AdaOpt(Optimizer):
     Args:
         params: parameters or param groups (dicts), as for any ``torch.optim.Optimizer``.
         lr: a multiplier, not the step size: the step starts at Polyak's step (``initial_decrease``) or at
-            ``initial_scale`` of the weights' RMS, whatever ``lr`` is (with both ``None``, at ``lr``). A scheduler that halves ``group["lr"]`` halves
-            the step, ``lr=0`` freezes the group, and per-group lrs keep their ratios: a group steps
-            ``base_scale * lr / reference_lr``, the reference lr being the largest lr among the groups (fixed
-            at the first step; a group added later is read against it). Default 1e-3.
+            ``initial_scale`` of the weights' RMS, whatever ``lr`` is (with both ``None``, at ``lr``). A scheduler
+            that halves ``group["lr"]`` halves the step, ``lr=0`` freezes the group, and per-group lrs keep their
+            ratios: a group steps ``base_scale * lr / reference_lr``, the reference lr being the largest lr among
+            the groups (fixed at the first step; a group added later is read against it). Default 1e-3.
         betas: EMA factors of the gradient and its square, as in Adam.
         eps: added to the denominator, as in Adam.
         weight_decay: decoupled weight decay (AdamW), applied as ``lr_eff * weight_decay * param``.
@@ -268,6 +268,8 @@ class AdaOpt(Optimizer):
         if initial_decrease is not None and not 0.0 < initial_decrease < 1.0:
             raise ValueError(f"Invalid initial_decrease value: {initial_decrease} (expected 0 < initial_decrease < 1 "
                              "or None)")
+        if progress_power is not None and not 0.0 < progress_power < math.inf:
+            raise ValueError(f"Invalid progress_power value: {progress_power} (expected a finite power > 0 or None)")
         if not SECANT_R_MIN < secant_target < SECANT_R_MAX:
             raise ValueError(f"Invalid secant_target value: {secant_target} (expected {SECANT_R_MIN} < r* < "
                              f"{SECANT_R_MAX})")
@@ -688,7 +690,7 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
         initial = g0.get("initial_scale")
         c["base_scale"] = c["reference_lr"] if initial is None or p2 <= 0.0 else initial * math.sqrt(p2 / n2)
         l1 = sum(values[NUM_STATS * n + 1:])
-        if g0.get("initial_decrease") and has_loss and loss > 0.0 and l1 > 0.0 and len(values) > NUM_STATS * n + 1:
+        if g0.get("initial_decrease") and has_loss and loss > 0.0 and l1 > 0.0:
             # Polyak's step for Adam's first direction sign(g): a first-order loss decrease of d * sum|g|, set
             # to initial_decrease of the loss (the floor f* taken as 0)
             c["base_scale"] = g0["initial_decrease"] * loss / l1

@@ -473,6 +473,8 @@ def test_empty_optimizer_step_is_a_no_op():
         ({"warmup_steps": -3}, "Invalid warmup_steps value: -3"),
         ({"loss_spike_threshold": 0.0}, "Invalid loss_spike_threshold value: 0.0"),
         ({"initial_decrease": 1.5}, "Invalid initial_decrease value: 1.5"),
+        ({"progress_power": -1.0}, "Invalid progress_power value: -1.0"),
+        ({"progress_power": float("nan")}, "Invalid progress_power value: nan"),
     ],
 )
 def test_invalid_arguments_name_the_bad_value(kwargs, message):
