@@ -60,16 +60,18 @@ def _stats_graph(grads: list[Tensor], params: list[Tensor], directions: list[Ten
     computed by the previous step's apply graph, from the values it wrote (``carried``); this graph reads the new
     gradient (the full pass) and the parameters' subsample, which the user may have changed since.
     """
-    grad_sq, after, param_sq = [], [], []
+    grad_sq, after, param_sq, check = [], [], [], []
     for g, p, direction in zip(grads, params, directions):
         m_dtype = direction.dtype
         g = g.to(m_dtype)
-        p_sub = _subsample(p).to(m_dtype)
-        grad_sq.append((g * g).sum())
-        after.append((_subsample(g) * direction).sum())
+        g_sub, p_sub = _subsample(g), _subsample(p).to(m_dtype)
+        grad_sq.append((g_sub * g_sub).sum())
+        after.append((g_sub * direction).sum())
         param_sq.append((p_sub * p_sub).sum())
+        check.append((g * g).sum())
     return torch.stack([torch.stack(grad_sq), torch.stack(after), torch.stack(pres).to(carried.dtype),
-                        carried[0], carried[1], torch.stack(param_sq).to(carried.dtype), carried[2]])
+                        carried[0], carried[1], torch.stack(param_sq).to(carried.dtype), carried[2],
+                        torch.stack(check)])
 
 
 def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
