@@ -1,22 +1,27 @@
-r"""AdaOpt's fused step: the statistics and the update as two compiled graphs, one pass over memory each.
+r"""AdaOpt's fused step: two stages, each one pass over the memory it must read, on CPU and CUDA.
 
-``torch.compile`` (inductor) turns each stage into generated loops -- C++/OpenMP on CPU, Triton on CUDA -- that
-read every tensor once:
+* ``stats`` (before the step's one host sync): on the subsample only (~1/16 of each tensor), sum g^2, g.d (the
+  secant's new reading) and p^2; the rows that read the optimizer's own state (m^2, v, d^2 on the subsample, and
+  ``pre`` = g.d) were summed by the previous step's ``apply`` from the values it wrote.
+* ``apply``: Adam's moments, decoupled weight decay and the parameter update, reading p, g, m, v and writing
+  p, m, v once -- 28 bytes per fp32 parameter, AdamW's own traffic -- with the new direction and the next step's
+  state statistics summed on the subsample in the same loop.
 
-* ``fused_stats``: :math:`\|g\|^2` over each gradient (the one full pass; it is also the non-finite check), and the
-  subsample reductions the controller reads (about 1/16 of m, v, theta).
-* ``fused_apply``: Adam's moments, decoupled weight decay and the parameter update, read p, g, m, v and write
-  p, m, v -- 28 bytes per fp32 parameter, AdamW's own traffic -- with the direction kept on the subsample for the
-  next secant and its dot product with the gradient (``pre``) in the same graph.
+Non-finite gradients: the subsample's statistics reach the host before the update, and a NaN or inf there skips
+the whole step, as on the foreach path. The fused step reads no more of the gradient than that before updating, so
+an element outside the subsample whose gradient is not finite is caught in the update instead: that element's
+parameter and moments are left as they were, and the rest of the step is taken (the foreach path, which reads the
+whole gradient first, skips the step).
 
-The per-step numbers (bias corrections, step sizes, decays, direction weights, eps, betas) enter as one float64
-tensor, not as Python floats, so a new step is a new value, not a new graph: each parameter layout (the shapes,
-dtypes and devices of the tensors that have a gradient) is compiled once. Between the two stages the controller
-runs on the host, as on the foreach path (``hf_adaopt.optimizer._plan_step``), after the step's one host sync.
+CPU: ``hf_adaopt/csrc/fused_cpu.cpp`` (``hf_adaopt.fused_cpu``), torch's fused-AdamW kernel pattern, built on first
+use. CUDA: the same math as two ``torch.compile`` graphs (inductor generates Triton kernels), with the per-step
+numbers (bias corrections, step sizes, decays, direction weights, eps, betas) entering as one float64 tensor, so a new
+step is a new value, not a new graph: each parameter layout is compiled once. (On CPU, inductor gives each
+reduction its own loop over memory, 1.4-2x the kernel's time; see the README's step-cost section.)
 
-Where compilation is unavailable or fails, the caller (``AdaOpt.step``) falls back to the foreach path, and says
+Where the kernel cannot be built or compiled, the caller (``AdaOpt.step``) falls back to the foreach path, and says
 so once in the log. The math is the reference's (``_single_tensor_stats`` / ``_single_tensor_apply`` in
-``optimizer.py``); ``tests/test_fused.py`` holds the two equal.
+``optimizer.py``); ``tests/test_fused.py`` holds both backends equal to it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from torch import Tensor
 
 from hf_adaopt.logs import get_logger
-from hf_adaopt.optimizer import _subsample
+from hf_adaopt.optimizer import _cast_grads, _subsample
 
 __all__ = ["FusedUnavailable", "fused_apply", "fused_available", "fused_stats", "with_fallback"]
 
@@ -45,10 +50,21 @@ class FusedUnavailable(RuntimeError):
 
 
 def fused_available(params: list[Tensor]) -> bool:
-    """Whether the fused step can be tried for these parameters: plain CPU/CUDA tensors, no DTensor shards."""
+    """Whether the fused step can be tried for these parameters: plain contiguous tensors, all on the CPU or all
+    on one kind of CUDA device, no DTensor shards."""
     if not hasattr(torch, "compile") or torch.compiler.is_compiling():
         return False  # inside a user's torch.compile the foreach step is traced into their graph instead
-    return all(p.device.type in ("cpu", "cuda") and not hasattr(p, "to_local") for p in params)
+    kinds = {p.device.type for p in params}
+    return len(kinds) <= 1 and kinds <= {"cpu", "cuda"} and all(
+        not hasattr(p, "to_local") and p.is_contiguous() for p in params)
+
+
+def _backend(tensors: dict) -> str:
+    """"cpu": the C++ kernel; "inductor": the compiled graphs (CUDA; on CPU only when a test asks for it)."""
+    return "inductor" if _FORCE_INDUCTOR or tensors["exp_avgs"][0].device.type != "cpu" else "cpu"
+
+
+_FORCE_INDUCTOR = False  # tests set it to hold the CUDA path's graphs to the reference on this CPU
 
 
 # ------------------------------------------------------------------------------------------------ math
@@ -60,18 +76,22 @@ def _stats_graph(grads: list[Tensor], params: list[Tensor], directions: list[Ten
     computed by the previous step's apply graph, from the values it wrote (``carried``); this graph reads the new
     gradient (the full pass) and the parameters' subsample, which the user may have changed since.
     """
-    grad_sq, after, param_sq, check = [], [], [], []
+    grad_sq, after, param_sq = [], [], []
     for g, p, direction in zip(grads, params, directions):
         m_dtype = direction.dtype
-        g = g.to(m_dtype)
-        g_sub, p_sub = _subsample(g), _subsample(p).to(m_dtype)
+        g_sub, p_sub = _subsample(g).to(m_dtype), _subsample(p).to(m_dtype)
         grad_sq.append((g_sub * g_sub).sum())
         after.append((g_sub * direction).sum())
         param_sq.append((p_sub * p_sub).sum())
-        check.append((g * g).sum())
-    return torch.stack([torch.stack(grad_sq), torch.stack(after), torch.stack(pres).to(carried.dtype),
-                        carried[0], carried[1], torch.stack(param_sq).to(carried.dtype), carried[2],
-                        torch.stack(check)])
+    return _stats_rows(torch.stack([torch.stack(grad_sq), torch.stack(after), torch.stack(param_sq)]).to(
+        carried.dtype), torch.stack(pres).to(carried.dtype), carried)
+
+
+def _stats_rows(fresh: Tensor, pre: Tensor, carried: Tensor) -> Tensor:
+    """The NUM_STATS rows of ``_read_scalars``: the fresh (grad_sq, after, param_sq), ``pre`` and the carried
+    (m_sq, v_sum, dir_sq); no whole-gradient check (``grad_check`` is 0: the update masks non-finite elements)."""
+    return torch.stack([fresh[0], fresh[1], pre, carried[0], carried[1], fresh[2], carried[2],
+                        torch.zeros_like(fresh[0])])
 
 
 def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -88,12 +108,14 @@ def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
     for i, (p, g, m, v, direction, pre) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, directions, pres)):
         s = scalars[:, i].to(m.dtype)
         g = g.to(m.dtype)
+        finite = torch.isfinite(g)  # elements with a non-finite gradient are left as they were
         m_new = m + s[_ONE_MINUS_BETA1] * (g - m)  # m.lerp_(g, 1 - beta1)
         v_new = v * s[_BETA2] + s[_ONE_MINUS_BETA2] * (g * g)
         update = m_new / (v_new.sqrt() + s[_EPS_C2])
-        p.copy_((p.to(m.dtype) * s[_KEEP] - s[_STEP_C2_C1] * update).to(p.dtype))  # low precision: one rounding
-        m.copy_(m_new)
-        v.copy_(v_new)
+        p_new = (p.to(m.dtype) * s[_KEEP] - s[_STEP_C2_C1] * update).to(p.dtype)  # low precision: one rounding
+        p.copy_(torch.where(finite, p_new, p))
+        m.copy_(torch.where(finite, m_new, m))
+        v.copy_(torch.where(finite, v_new, v))
         new_direction = s[_DIR_C2_C1] * _subsample(m_new) / (_subsample(v_new).sqrt() + s[_EPS_C2])
         direction.copy_(new_direction)
         pre.copy_((_subsample(g) * new_direction).sum().reshape(1))
@@ -125,10 +147,23 @@ def _run(name: str, fn, *args):
 
 # ------------------------------------------------------------------------------------------- the stages
 def fused_stats(tensors: dict, carried: Tensor) -> Tensor:
-    """Same as ``_single_tensor_stats(tensors)``, as one compiled graph, given the last apply's ``carried`` rows."""
-    stats = _run("stats", _stats_graph, tensors["grads"], [_plain(p) for p in tensors["params"]],
-                 tensors["directions"], tensors["pre"], carried)
+    """Same as ``_single_tensor_stats(tensors)`` (but for ``grad_check``), given the last apply's ``carried`` rows."""
+    if _backend(tensors) == "cpu":
+        from hf_adaopt.fused_cpu import cpu_stats
+
+        fresh = _cpu(cpu_stats, tensors)
+        stats = _stats_rows(fresh, torch.stack(tensors["pre"]).to(fresh.dtype), carried)
+    else:
+        stats = _run("stats", _stats_graph, tensors["grads"], [_plain(p) for p in tensors["params"]],
+                     tensors["directions"], tensors["pre"], carried)
     return stats.to(tensors["exp_avgs"][0].dtype)
+
+
+def _cpu(fn, *args):
+    try:
+        return fn(*args)
+    except (RuntimeError, OSError, ImportError) as exc:  # no compiler, a failed build, tensors it refuses
+        raise FusedUnavailable(f"the fused CPU kernel is unavailable: {type(exc).__name__}: {exc}") from exc
 
 
 def fused_apply(tensors: dict, plan: dict) -> Tensor:
@@ -149,12 +184,17 @@ def fused_apply(tensors: dict, plan: dict) -> Tensor:
         table[_STEP_C2_C1][i] = plan["step_sizes"][i] * c2 / c1
         table[_DIR_C2_C1][i] = plan["dir_weights"][i] * c2 / c1
     device = tensors["exp_avgs"][0].device
-    scalars = torch.tensor(table, dtype=torch.float64).to(device, non_blocking=True)
-    # `pre` enters as a 1-element view: a write to a 0-d float64 input is lost by torch.compile (AOTAutograd,
-    # torch 2.13; float32 is not affected), a write to its 1-d view is not.
-    carried = _run("apply", _apply_graph, [_plain(p) for p in tensors["params"]], tensors["grads"],
-                   tensors["exp_avgs"], tensors["exp_avg_sqs"], tensors["directions"],
-                   [x.view(1) for x in tensors["pre"]], scalars)
+    scalars = torch.tensor(table, dtype=torch.float64)
+    if _backend(tensors) == "cpu":
+        from hf_adaopt.fused_cpu import cpu_apply
+
+        carried = _cpu(cpu_apply, tensors, scalars)
+    else:
+        # `pre` enters as a 1-element view: a write to a 0-d float64 input is lost by torch.compile (AOTAutograd,
+        # torch 2.13; float32 is not affected), a write to its 1-d view is not.
+        carried = _run("apply", _apply_graph, [_plain(p) for p in tensors["params"]], tensors["grads"],
+                       tensors["exp_avgs"], tensors["exp_avg_sqs"], tensors["directions"],
+                       [x.view(1) for x in tensors["pre"]], scalars.to(device, non_blocking=True))
     for state in tensors["states"]:  # only once the update is done: a failed compile leaves the step to foreach
         state["step"] += 1
     return carried
@@ -207,7 +247,7 @@ def with_fallback(optimizer, stats_fn, apply_fn):
                 return fused_stats(tensors, carry.stats)
             except FusedUnavailable as exc:
                 fall_back(exc)
-        return stats_fn(tensors)
+        return stats_fn(_cast_grads(tensors))
 
     def apply(tensors: dict, plan: dict) -> None:
         if not getattr(optimizer, "_fused_failed", None):
@@ -218,6 +258,6 @@ def with_fallback(optimizer, stats_fn, apply_fn):
             else:
                 optimizer._fused_carry = _Carry(tensors, carried)
                 return
-        apply_fn(tensors, plan)
+        apply_fn(_cast_grads(tensors), plan)
 
     return stats, apply

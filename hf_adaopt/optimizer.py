@@ -425,14 +425,16 @@ class AdaOpt(Optimizer):
         elif pending is None and isinstance(loss, (int, float)):
             pending = float(loss)
 
-        tensors = self._gather()
+        fused = self._use_fused()
+        # the fused step reads low-precision gradients as they are; the other paths compute in the state's dtype
+        tensors = self._gather(cast_grads=not fused)
         if not tensors["params"]:
             return loss
         foreach = self._use_foreach(tensors["params"]) and len(set(tensors["betas"])) == 1
         stats_fn, apply_fn = (_multi_tensor_stats, _multi_tensor_apply) if foreach else (
             _single_tensor_stats, _single_tensor_apply)
-        if self._use_fused(tensors["params"]):
-            from hf_adaopt import fused as _fused  # imports torch.compile's machinery only when used
+        if fused:
+            from hf_adaopt import fused as _fused  # imports the compilers' machinery only when used
 
             stats_fn, apply_fn = _fused.with_fallback(self, stats_fn, apply_fn)
 
@@ -447,7 +449,7 @@ class AdaOpt(Optimizer):
                                "ceiling is off")
             else:
                 # the first step only: sum |g| per tensor, the first-order decrease of Adam's first step sign(g)
-                first_l1 = torch.stack(torch._foreach_norm(tensors["grads"], 1)).to(stats.dtype)
+                first_l1 = torch.stack(torch._foreach_norm(_cast_grads(tensors)["grads"], 1)).to(stats.dtype)
         values = _read_scalars(stats, tensors, pending, first_l1)  # the one host sync (and all_reduce)
         # 2. host: skip, or move the controller and compute the per-tensor step sizes
         plan = _plan_step(self.param_groups, tensors, values, has_loss=pending is not None)
@@ -458,13 +460,13 @@ class AdaOpt(Optimizer):
         return loss
 
     # ------------------------------------------------------------------------------------ internals
-    def _use_fused(self, params: list[Tensor]) -> bool:
+    def _use_fused(self) -> bool:
         # None is off until the fused step is measured faster, compile included, where it would be on
         if not self.param_groups[0].get("fused") or self.__dict__.get("_fused_failed"):
             return False
         from hf_adaopt.fused import fused_available
 
-        return fused_available(params)
+        return fused_available([p for group in self.param_groups for p in group["params"] if p.grad is not None])
 
     def _use_foreach(self, params: list[Tensor]) -> bool:
         choice = self.param_groups[0]["foreach"]
@@ -472,7 +474,7 @@ class AdaOpt(Optimizer):
             return bool(choice)
         return all(p.device.type in ("cpu", "cuda") for p in params) and not torch.jit.is_scripting()
 
-    def _gather(self) -> dict[str, list]:
+    def _gather(self, cast_grads: bool = True) -> dict[str, list]:
         """Collect the tensors that have a gradient, creating their state on first use.
 
         Also returns the subsample views the math reads. Views of the state and of the parameters are
@@ -508,7 +510,7 @@ class AdaOpt(Optimizer):
                 if views is None or views[0] is not m or views[1] is not v or views[2] is not local:
                     views = cache[p] = (m, v, local, _subsample(m), _subsample(v), _subsample(local.detach()))
                 grad = _local(p.grad)
-                if grad.dtype != m.dtype:
+                if cast_grads and grad.dtype != m.dtype:
                     grad = grad.to(m.dtype)
                 out["params"].append(p)
                 out["grads"].append(grad)
@@ -520,11 +522,26 @@ class AdaOpt(Optimizer):
                 out["group_index"].append(gi)
                 out["betas"].append(group["betas"])
                 out["states"].append(state)
-                out["g_subs"].append(_subsample(grad))
-                out["m_subs"].append(views[3])
-                out["v_subs"].append(views[4])
-                out["p_subs"].append(views[5] if views[5].dtype == m.dtype else views[5].to(m.dtype))
+                if cast_grads:  # the fused step reads whole tensors (its fallback makes these in _cast_grads)
+                    out["g_subs"].append(_subsample(grad))
+                    out["m_subs"].append(views[3])
+                    out["v_subs"].append(views[4])
+                    out["p_subs"].append(views[5] if views[5].dtype == m.dtype else views[5].to(m.dtype))
         return out
+
+
+def _cast_grads(tensors: dict) -> dict:
+    """``tensors`` as the foreach and reference math read them: gradients in the state's dtype, and the subsample
+    views (a gather for the fused step leaves low-precision gradients as they are and makes no subsample views)."""
+    if len(tensors["g_subs"]) == len(tensors["grads"]):
+        return tensors
+    out = dict(tensors)
+    out["grads"] = [g if g.dtype == m.dtype else g.to(m.dtype) for g, m in zip(tensors["grads"], tensors["exp_avgs"])]
+    out["g_subs"] = [_subsample(g) for g in out["grads"]]
+    out["m_subs"] = [_subsample(m) for m in tensors["exp_avgs"]]
+    out["v_subs"] = [_subsample(v) for v in tensors["exp_avg_sqs"]]
+    out["p_subs"] = [_subsample(_local(p).detach()).to(m.dtype) for p, m in zip(tensors["params"], tensors["exp_avgs"])]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

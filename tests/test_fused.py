@@ -1,7 +1,10 @@
-"""AdaOpt's fused (compiled) step: equal to the reference, compiled once, and a foreach fallback when it cannot compile.
+"""AdaOpt's fused step: equal to the reference on both backends, built or compiled once, non-finite gradients masked,
+and a foreach fallback when it cannot be built.
 
-Each parameter layout costs one compile of two graphs (~10-30 s on two CPU cores), so the tests share two layouts:
-a float64 one (parity at PARITY_ATOL) and a mixed fp32/bf16 one (parity at the stated bf16 tolerance).
+Backends: "cpu" is the C++ kernel (hf_adaopt/csrc/fused_cpu.cpp, built once per machine, ~60 s on two cores, then
+cached by torch); "inductor" is the torch.compile graphs CUDA uses, run here on the CPU (each parameter layout costs
+one compile of two graphs, ~10-30 s), so the tests share two layouts: a float64 one (parity at PARITY_ATOL) and a
+mixed fp32/bf16 one (parity at the stated bf16 tolerance).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from torch import nn
 
 from hf_adaopt import AdaOpt
 from hf_adaopt import fused as fused_module
+from hf_adaopt import fused_cpu
+from hf_adaopt.optimizer import SMALL_TENSOR, SUBSAMPLE_PERIOD
 
 # fused == reference in float64 (the same bound as foreach == reference in tests/test_optimizer.py)
 PARITY_ATOL = 1e-10
@@ -23,11 +28,17 @@ PARITY_ATOL = 1e-10
 BF16_RTOL, BF16_ATOL = 2e-2, 1e-3
 
 
+@pytest.fixture(params=["cpu", "inductor"])
+def backend(request, monkeypatch):
+    monkeypatch.setattr(fused_module, "_FORCE_INDUCTOR", request.param == "inductor")
+    return request.param
+
+
 def _float64_setup(fused):
     """Several groups, weight decay, a parameter without gradient, a frozen one and a zero-size one."""
     torch.manual_seed(0)
     model = nn.ModuleDict({
-        "big": nn.Linear(96, 64),  # 6144 weights > SMALL_TENSOR: the block subsample
+        "big": nn.Linear(97, 64),  # 6208 weights > SMALL_TENSOR: the block subsample, and 64 past the last block
         "small": nn.Linear(64, 4),
         "frozen": nn.Linear(4, 4),
         "unused": nn.Linear(4, 4),  # grad stays None
@@ -46,7 +57,7 @@ def _float64_setup(fused):
 def _float64_steps(model, empty, opt, steps, done=0):
     """Steps done+1..steps of a fixed sequence of batches."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(128, 96, generator=g, dtype=torch.float64)
+    x = torch.randn(128, 97, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (128,), generator=g)
     for i in range(steps):
         idx = torch.randint(0, 128, (16,), generator=g)
@@ -88,7 +99,7 @@ def _assert_fused_ran(opt):
     assert getattr(opt, "_fused_carry", None) is not None
 
 
-def test_fused_step_equals_reference_in_float64_and_compiles_once():
+def test_fused_step_equals_reference_in_float64_and_compiles_once(backend):
     model_ref, empty_ref, opt_ref = _float64_setup(fused=False)
     model, empty, opt = _float64_setup(fused=True)
     _float64_steps(model_ref, empty_ref, opt_ref, steps=25)
@@ -110,7 +121,7 @@ def test_fused_step_equals_reference_in_float64_and_compiles_once():
     assert empty in opt.state and opt.state[empty]["step"] == 25
 
 
-def test_fused_step_after_load_state_dict_continues_like_the_reference():
+def test_fused_step_after_load_state_dict_continues_like_the_reference(backend):
     """A loaded state replaces the tensors the last fused step measured: the next statistics are computed anew."""
     model_ref, empty_ref, opt_ref = _float64_setup(fused=False)
     model, empty, opt = _float64_setup(fused=True)
@@ -124,7 +135,7 @@ def test_fused_step_after_load_state_dict_continues_like_the_reference():
         torch.testing.assert_close(p, p_ref, atol=PARITY_ATOL, rtol=0)
 
 
-def test_fused_step_with_bf16_parameters_and_fp32_state_matches_reference():
+def test_fused_step_with_bf16_parameters_and_fp32_state_matches_reference(backend):
     model_ref, opt_ref = _mixed_setup(fused=False)
     model, opt = _mixed_setup(fused=True)
     _mixed_steps(model_ref, opt_ref, steps=12)
@@ -138,11 +149,14 @@ def test_fused_step_with_bf16_parameters_and_fp32_state_matches_reference():
     assert opt.diagnostics()["base_scale"] == pytest.approx(opt_ref.diagnostics()["base_scale"], rel=BF16_RTOL)
 
 
-def test_fused_falls_back_to_foreach_when_compilation_fails(monkeypatch, caplog):
-    def broken(name, fn):
+def test_fused_falls_back_to_foreach_when_compilation_fails(backend, monkeypatch, caplog):
+    def broken(*args):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(fused_module, "_compiled_fn", broken)
+    if backend == "cpu":
+        monkeypatch.setattr(fused_cpu, "extension", broken)
+    else:
+        monkeypatch.setattr(fused_module, "_compiled_fn", broken)
     model_foreach, empty_foreach, _ = _float64_setup(fused=False)
     opt_foreach = AdaOpt([{"params": [p for p in model_foreach.parameters() if p.requires_grad] + [empty_foreach]}],
                          foreach=True, warmup_steps=3)
@@ -161,7 +175,8 @@ def test_fused_falls_back_to_foreach_when_compilation_fails(monkeypatch, caplog)
 def test_fused_is_off_by_default():
     model = nn.Linear(4, 2)
     opt = AdaOpt(model.parameters())
-    assert opt.param_groups[0]["fused"] is None and not opt._use_fused(list(model.parameters()))
+    model(torch.randn(3, 4)).sum().backward()
+    assert opt.param_groups[0]["fused"] is None and not opt._use_fused()
 
 
 def test_fused_and_foreach_together_is_a_value_error():
@@ -187,3 +202,77 @@ def test_checkpoint_without_fused_loads_and_steps():
     opt2.__setstate__(state)
     assert opt2.param_groups[0]["fused"] is None
     opt2.step()
+
+
+def _one_tensor_steps(fused, grads, threads=None):
+    """A 6,000-element parameter (23 blocks and a tail) stepped with the given gradients; returns it and its state."""
+    torch.manual_seed(5)
+    p = nn.Parameter(torch.randn(6000))
+    opt = AdaOpt([p], fused=fused, foreach=False if fused else None, warmup_steps=1)
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for k, grad in enumerate(grads):
+            p.grad = grad.clone()
+            opt.set_loss(torch.tensor(2.0 - 0.01 * k))
+            opt.step()
+    finally:
+        torch.set_num_threads(before)
+    return p.detach().clone(), opt
+
+
+def test_fused_step_masks_a_non_finite_gradient_outside_the_subsample(backend):
+    g = torch.Generator().manual_seed(6)
+    grads = [torch.randn(6000, generator=g) for _ in range(6)]
+    p_clean, _ = _one_tensor_steps(True, grads[:5])
+    outside = SUBSAMPLE_PERIOD + 100  # block 1, past its first 16 elements: not in the subsample
+    assert 6000 > SMALL_TENSOR and outside % SUBSAMPLE_PERIOD >= 16
+    for bad in (float("nan"), float("inf")):
+        poisoned = grads[5].clone()
+        poisoned[outside] = bad
+        p, opt = _one_tensor_steps(True, grads[:5] + [poisoned])
+        p_ref, _ = _one_tensor_steps(True, grads[:6])
+        state = opt.state[opt.param_groups[0]["params"][0]]
+        assert torch.isfinite(p).all() and torch.isfinite(state["exp_avg"]).all()
+        assert torch.isfinite(state["exp_avg_sq"]).all()
+        assert p[outside] == p_clean[outside]  # left as it was after step 5
+        others = torch.ones(6000, dtype=torch.bool)
+        others[outside] = False
+        assert torch.equal(p[others], p_ref[others])  # the rest of the step was taken
+        assert opt.param_groups[0]["skipped_steps"] == 0
+
+
+def test_fused_step_skips_the_step_for_a_non_finite_gradient_in_the_subsample(backend):
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(6000, generator=g) for _ in range(4)]
+    poisoned = grads[3].clone()
+    poisoned[SUBSAMPLE_PERIOD + 3] = float("nan")  # block 1, element 3: in the subsample
+    p_three, _ = _one_tensor_steps(True, grads[:3])
+    p, opt = _one_tensor_steps(True, grads[:3] + [poisoned])
+    assert torch.equal(p, p_three) and opt.param_groups[0]["skipped_steps"] == 1
+
+
+def test_fused_cpu_kernel_does_not_depend_on_the_number_of_threads():
+    g = torch.Generator().manual_seed(8)
+    grads = [torch.randn(6000, generator=g) for _ in range(5)]
+    p_one, opt_one = _one_tensor_steps(True, grads, threads=1)
+    p_two, opt_two = _one_tensor_steps(True, grads, threads=2)
+    assert torch.equal(p_one, p_two)
+    assert opt_one.diagnostics() == opt_two.diagnostics()
+
+
+def test_fused_cpu_kernel_refuses_bad_tensors_before_writing_any():
+    ext = fused_cpu.extension()
+    p, g = torch.zeros(10), torch.ones(10)
+    m, v, d, pre = torch.zeros(10), torch.zeros(10), torch.zeros(10), torch.zeros(())
+    bad_p = torch.zeros(20)[::2]  # not contiguous
+    scalars = torch.ones(8, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="parameter 1 must be a contiguous CPU tensor"):
+        ext.apply([p, bad_p], [g, torch.ones(10)], [m, m.clone()], [v, v.clone()], [d, d.clone()],
+                  [pre, pre.clone()], scalars)
+    assert torch.equal(p, torch.zeros(10)) and torch.equal(m, torch.zeros(10))  # the first tensor was not stepped
+    with pytest.raises(RuntimeError, match="gradient 0 differs from its parameter in dtype or size"):
+        ext.apply([p], [g.double()], [m], [v], [d], [pre], torch.ones(8, 1, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="unsupported dtypes"):
+        ext.stats([g.long()], [p.long()], [d])
