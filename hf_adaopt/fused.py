@@ -68,61 +68,42 @@ _FORCE_INDUCTOR = False  # tests set it to hold the CUDA path's graphs to the re
 
 
 # ------------------------------------------------------------------------------------------------ math
-def _stats_graph(grads: list[Tensor], params: list[Tensor], directions: list[Tensor], pres: list[Tensor],
-                 carried: Tensor) -> Tensor:
-    """The reference's statistics (``_single_tensor_stats``), one column per tensor.
-
-    The rows that read only the optimizer's own state (m, v and the kept direction, on the subsample) were
-    computed by the previous step's apply graph, from the values it wrote (``carried``); this graph reads the new
-    gradient (the full pass) and the parameters' subsample, which the user may have changed since.
-    """
-    grad_sq, after, param_sq = [], [], []
-    for g, p, direction in zip(grads, params, directions):
-        m_dtype = direction.dtype
-        g_sub, p_sub = _subsample(g).to(m_dtype), _subsample(p).to(m_dtype)
-        grad_sq.append((g_sub * g_sub).sum())
-        after.append((g_sub * direction).sum())
-        param_sq.append((p_sub * p_sub).sum())
-    return _stats_rows(torch.stack([torch.stack(grad_sq), torch.stack(after), torch.stack(param_sq)]).to(
-        carried.dtype), torch.stack(pres).to(carried.dtype), carried)
-
-
-def _stats_rows(fresh: Tensor, pre: Tensor, carried: Tensor) -> Tensor:
-    """The NUM_STATS rows of ``_read_scalars``: the fresh (grad_sq, after, param_sq), ``pre`` and the carried
-    (m_sq, v_sum, dir_sq); no whole-gradient check (``grad_check`` is 0: the update masks non-finite elements)."""
-    return torch.stack([fresh[0], fresh[1], pre, carried[0], carried[1], fresh[2], carried[2],
-                        torch.zeros_like(fresh[0])])
-
-
 def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                 directions: list[Tensor], pres: list[Tensor], scalars: Tensor) -> Tensor:
-    """The reference's update (``_single_tensor_apply``) for every tensor, in place.
+                 directions: list[Tensor], pres: list[Tensor], readings: list[Tensor], scalars: Tensor) -> Tensor:
+    """The reference's update (``_single_tensor_apply``) for every tensor, in place (CUDA's backend).
 
     With the bias corrections folded into the scalars (on the host, in float64), each element costs one square
     root and one division, as in torch's fused Adam: :math:`u = (\\hat m/c_1)/(\\sqrt{\\hat v}/c_2 + \\epsilon)
-    = (c_2/c_1)\\, m / (\\sqrt v + c_2\\epsilon)`, :math:`c_2 = \\sqrt{1-\beta_2^t}`. The update's direction is not
-    kept as a tensor: the subsample of it that the next secant needs is recomputed from the new m and v.
-    Returns the next step's statistics of the state (sum of m^2 and of v, and |direction|^2, on the subsample).
+    = (c_2/c_1)\\, m / (\\sqrt v + c_2\\epsilon)`, :math:`c_2 = \\sqrt{1-\\beta_2^t}`. The update's direction is
+    not kept as a tensor: the subsample of it that the next secant needs is recomputed from the new m and v.
+    Writes this step's reading and ``pre``; returns the state's sums on the subsample (m^2, v, p^2, d^2) and the
+    number of elements whose gradient was not finite.
     """
-    carried: list[list[Tensor]] = [[], [], []]
-    for i, (p, g, m, v, direction, pre) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, directions, pres)):
+    carried: list[list[Tensor]] = [[], [], [], [], []]
+    for i, (p, g, m, v, direction, pre, reading) in enumerate(
+            zip(params, grads, exp_avgs, exp_avg_sqs, directions, pres, readings)):
         s = scalars[:, i].to(m.dtype)
         g = g.to(m.dtype)
-        finite = torch.isfinite(g)  # elements with a non-finite gradient are left as they were
+        finite = torch.isfinite(g)  # elements with a non-finite gradient are left as they were, and counted
+        g_sub = _subsample(torch.where(finite, g, 0.0))  # ... and count as a zero gradient in the sums
+        reading.copy_(torch.stack([(g_sub * direction).sum(), (g_sub * g_sub).sum(), pre.reshape(())]))
         m_new = m + s[_ONE_MINUS_BETA1] * (g - m)  # m.lerp_(g, 1 - beta1)
         v_new = v * s[_BETA2] + s[_ONE_MINUS_BETA2] * (g * g)
         update = m_new / (v_new.sqrt() + s[_EPS_C2])
         p_new = (p.to(m.dtype) * s[_KEEP] - s[_STEP_C2_C1] * update).to(p.dtype)  # low precision: one rounding
-        p.copy_(torch.where(finite, p_new, p))
-        m.copy_(torch.where(finite, m_new, m))
-        v.copy_(torch.where(finite, v_new, v))
-        new_direction = s[_DIR_C2_C1] * _subsample(m_new) / (_subsample(v_new).sqrt() + s[_EPS_C2])
+        p_new, m_new, v_new = torch.where(finite, p_new, p), torch.where(finite, m_new, m), torch.where(finite, v_new, v)
+        p.copy_(p_new)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        m_sub, v_sub, p_sub = _subsample(m_new), _subsample(v_new), _subsample(p_new).to(m.dtype)
+        new_direction = torch.where(_subsample(finite), s[_DIR_C2_C1] * m_sub / (v_sub.sqrt() + s[_EPS_C2]), direction)
         direction.copy_(new_direction)
-        pre.copy_((_subsample(g) * new_direction).sum().reshape(1))
-        m_sub = _subsample(m_new)
+        pre.copy_((g_sub * new_direction).sum().reshape(1))
         carried[0].append((m_sub * m_sub).sum().to(scalars.dtype))
-        carried[1].append(_subsample(v_new).sum().to(scalars.dtype))
-        carried[2].append((new_direction * new_direction).sum().to(scalars.dtype))
+        carried[1].append(v_sub.sum().to(scalars.dtype))
+        carried[2].append((p_sub * p_sub).sum().to(scalars.dtype))
+        carried[3].append((new_direction * new_direction).sum().to(scalars.dtype))
+        carried[4].append((~finite).sum().to(scalars.dtype))
     return torch.stack([torch.stack(row) for row in carried])
 
 
@@ -145,20 +126,6 @@ def _run(name: str, fn, *args):
         raise FusedUnavailable(f"torch.compile of the fused {name} failed: {type(exc).__name__}: {exc}") from exc
 
 
-# ------------------------------------------------------------------------------------------- the stages
-def fused_stats(tensors: dict, carried: Tensor) -> Tensor:
-    """Same as ``_single_tensor_stats(tensors)`` (but for ``grad_check``), given the last apply's ``carried`` rows."""
-    if _backend(tensors) == "cpu":
-        from hf_adaopt.fused_cpu import cpu_stats
-
-        fresh = _cpu(cpu_stats, tensors)
-        stats = _stats_rows(fresh, torch.stack(tensors["pre"]).to(fresh.dtype), carried)
-    else:
-        stats = _run("stats", _stats_graph, tensors["grads"], [_plain(p) for p in tensors["params"]],
-                     tensors["directions"], tensors["pre"], carried)
-    return stats.to(tensors["exp_avgs"][0].dtype)
-
-
 def _cpu(fn, *args):
     try:
         return fn(*args)
@@ -166,11 +133,21 @@ def _cpu(fn, *args):
         raise FusedUnavailable(f"the fused CPU kernel is unavailable: {type(exc).__name__}: {exc}") from exc
 
 
-def fused_apply(tensors: dict, plan: dict) -> Tensor:
-    """Same as ``_single_tensor_apply(tensors, plan)``, as one compiled graph (state["step"] moved on the host).
+# ------------------------------------------------------------------------------------------- the stages
+def fused_stats(tensors: dict, carried: Tensor) -> Tensor:
+    """``_read_scalars``' rows from what the last fused update wrote: the reading (per-tensor state), and the
+    state's sums and the masked-element count it returned (``carried``). Reads no tensor memory. ``grad_check``
+    is 0: the update masks non-finite gradient elements instead of skipping the step."""
+    reading = torch.stack(tensors["readings"]).to(carried.dtype)  # (n, 3): after, grad_sq, before
+    after, grad_sq, before = reading.to(carried.device).unbind(1)
+    m_sq, v_sum, param_sq, dir_sq, masked = carried
+    return torch.stack([grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq, torch.zeros_like(m_sq), masked]).to(
+        tensors["exp_avgs"][0].dtype)
 
-    Returns the state's statistics for the next step (see ``_apply_graph``).
-    """
+
+def fused_apply(tensors: dict, plan: dict) -> Tensor:
+    """Same as ``_single_tensor_apply(tensors, plan)`` (state["step"] moved on the host), masking non-finite
+    gradient elements. Returns the state's sums for the next step's ``fused_stats``."""
     n = len(tensors["params"])
     table = [[0.0] * n for _ in range(_NUM_SCALARS)]
     for i, state in enumerate(tensors["states"]):
@@ -194,8 +171,8 @@ def fused_apply(tensors: dict, plan: dict) -> Tensor:
         # torch 2.13; float32 is not affected), a write to its 1-d view is not.
         carried = _run("apply", _apply_graph, [_plain(p) for p in tensors["params"]], tensors["grads"],
                        tensors["exp_avgs"], tensors["exp_avg_sqs"], tensors["directions"],
-                       [x.view(1) for x in tensors["pre"]], scalars.to(device, non_blocking=True))
-    for state in tensors["states"]:  # only once the update is done: a failed compile leaves the step to foreach
+                       [x.view(1) for x in tensors["pre"]], tensors["readings"], scalars.to(device, non_blocking=True))
+    for state in tensors["states"]:  # only once the update is done: a failed build leaves the step to foreach
         state["step"] += 1
     return carried
 
@@ -206,34 +183,33 @@ def _plain(p: Tensor) -> Tensor:
 
 
 class _Carry:
-    """The state statistics an apply graph computed for the next step, valid while the state is untouched.
-
-    Valid for the same state tensors (weak references: a loaded state dict replaces them) at the same versions
+    """The state's sums a fused update computed for the next step, valid while the state and parameters are
+    untouched: the same tensors (weak references: a loaded state dict replaces them) at the same versions
     (``Tensor._version`` counts in-place writes; writes through ``.data`` escape it, as they escape autograd).
     """
 
     def __init__(self, tensors: dict, stats: Tensor):
-        state = _state_tensors(tensors)
-        self.refs = [weakref.ref(t) for t in state]
-        self.versions = [t._version for t in state]
+        watched = _watched(tensors)
+        self.refs = [weakref.ref(t) for t in watched]
+        self.versions = [t._version for t in watched]
         self.stats = stats
 
     def valid_for(self, tensors: dict) -> bool:
-        state = _state_tensors(tensors)
-        return len(state) == len(self.refs) and all(
-            r() is t and t._version == k for r, t, k in zip(self.refs, state, self.versions))
+        watched = _watched(tensors)
+        return len(watched) == len(self.refs) and all(
+            r() is t and t._version == k for r, t, k in zip(self.refs, watched, self.versions))
 
 
-def _state_tensors(tensors: dict) -> list[Tensor]:
-    return [*tensors["exp_avgs"], *tensors["exp_avg_sqs"], *tensors["directions"]]
+def _watched(tensors: dict) -> list[Tensor]:
+    return [*tensors["exp_avgs"], *tensors["exp_avg_sqs"], *tensors["directions"], *tensors["params"]]
 
 
 def with_fallback(optimizer, stats_fn, apply_fn):
-    """The fused stages for ``optimizer``, each falling back to ``stats_fn`` / ``apply_fn`` (foreach) if it cannot
-    compile; after a failure the optimizer stays on the fallback (``optimizer._fused_failed`` holds the reason).
+    """The fused stages for ``optimizer``, falling back to ``stats_fn`` / ``apply_fn`` (foreach) where the update
+    cannot be built; after a failure the optimizer stays on the fallback (``optimizer._fused_failed`` says why).
 
-    The statistics graph needs the previous apply graph's ``carried`` rows: at the first step, and whenever the
-    state changed outside the fused step (a loaded state dict, a skipped step), ``stats_fn`` computes them all.
+    The statistics come from the last fused update; at the first step, and whenever the state or parameters changed
+    outside it (a loaded state dict, a skipped step, an in-place edit), ``stats_fn`` computes them from the tensors.
     """
 
     def fall_back(exc: Exception) -> None:
@@ -242,11 +218,8 @@ def with_fallback(optimizer, stats_fn, apply_fn):
 
     def stats(tensors: dict) -> Tensor:
         carry = optimizer.__dict__.pop("_fused_carry", None)
-        if not getattr(optimizer, "_fused_failed", None) and carry is not None and carry.valid_for(tensors):
-            try:
-                return fused_stats(tensors, carry.stats)
-            except FusedUnavailable as exc:
-                fall_back(exc)
+        if carry is not None and carry.valid_for(tensors):
+            return fused_stats(tensors, carry.stats)
         return stats_fn(_cast_grads(tensors))
 
     def apply(tensors: dict, plan: dict) -> None:

@@ -15,7 +15,7 @@ from importlib import resources
 import torch
 from torch import Tensor
 
-__all__ = ["extension", "cpu_stats", "cpu_apply"]
+__all__ = ["extension", "cpu_apply"]
 
 # torch's CPU capability -> (macros, compiler flags): the same as inductor's for its generated C++
 _ISA_FLAGS = {
@@ -27,7 +27,7 @@ _extension = None
 
 
 def extension():
-    """The compiled module (``stats``, ``apply``), built on the first call; raises RuntimeError/OSError if it cannot."""
+    """The compiled module (``apply``), built on the first call; raises RuntimeError/OSError if it cannot."""
     global _extension
     if _extension is None:
         from torch.utils.cpp_extension import load_inline
@@ -38,21 +38,16 @@ def extension():
         _extension = load_inline(
             name=f"hf_adaopt_fused_cpu_{capability.lower()}",
             cpp_sources=source,
-            functions=["stats", "apply"],
+            functions=["apply"],
             extra_cflags=["-O3", *macros, *flags],
             verbose=False,
         )
     return _extension
 
 
-def cpu_stats(tensors: dict) -> Tensor:
-    """Per tensor, on the subsample: sum g^2, g.d and p^2, as a (3, n) float64 tensor."""
-    params = [p.detach() for p in tensors["params"]]
-    return extension().stats([g.contiguous() for g in tensors["grads"]], params, tensors["directions"])
-
-
 def cpu_apply(tensors: dict, scalars: Tensor) -> Tensor:
-    """The update, in place; writes ``pre`` and returns the subsample's sums of m^2, v, d^2 ((3, n) float64)."""
+    """The update, in place; writes each tensor's reading and ``pre``, and returns the subsample's sums of m^2, v,
+    p^2 and d^2 after it ((4, n) float64)."""
     params = [p.detach() for p in tensors["params"]]
     return extension().apply(params, [g.contiguous() for g in tensors["grads"]], tensors["exp_avgs"], tensors["exp_avg_sqs"],
-                             tensors["directions"], tensors["pre"], scalars)
+                             tensors["directions"], tensors["pre"], tensors["readings"], scalars)

@@ -121,7 +121,7 @@ LOSS_SPIKE_MIN_RISE = 0.1
 # Multiplier applied to the base scale when the loss spikes.
 LOSS_SPIKE_BACKOFF = 0.5
 
-NUM_STATS = 8
+NUM_STATS = 9
 _CONTROLLER_DEFAULTS = {
     "base_scale": None,  # d; None until the first step, then reference_lr
     "reference_lr": None,  # the largest lr the groups were created with, fixed at the first step
@@ -482,8 +482,8 @@ class AdaOpt(Optimizer):
         overhead on small models); the cache checks identity, so a loaded state or a swapped tensor
         gets fresh views.
         """
-        keys = ("params", "grads", "exp_avgs", "exp_avg_sqs", "directions", "pre", "steps", "group_index",
-                "betas", "states", "g_subs", "m_subs", "v_subs", "p_subs")
+        keys = ("params", "grads", "exp_avgs", "exp_avg_sqs", "directions", "pre", "readings", "steps",
+                "group_index", "betas", "states", "g_subs", "m_subs", "v_subs", "p_subs")
         out: dict[str, list] = {k: [] for k in keys}
         cache = self.__dict__.setdefault("_views", {})
         for gi, group in enumerate(self.param_groups):
@@ -505,6 +505,8 @@ class AdaOpt(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(local, dtype=dtype, memory_format=torch.contiguous_format)
                     state["direction"] = torch.zeros_like(_subsample(local.detach()), dtype=dtype)
                     state["pre"] = torch.zeros((), dtype=dtype, device=local.device)
+                if "reading" not in state:  # also a checkpoint from before the reading was kept: none yet
+                    state["reading"] = torch.zeros(3, dtype=state["exp_avg"].dtype, device=local.device)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 views = cache.get(p)
                 if views is None or views[0] is not m or views[1] is not v or views[2] is not local:
@@ -518,6 +520,7 @@ class AdaOpt(Optimizer):
                 out["exp_avg_sqs"].append(v)
                 out["directions"].append(state["direction"])
                 out["pre"].append(state["pre"])
+                out["readings"].append(state["reading"])
                 out["steps"].append(state["step"])
                 out["group_index"].append(gi)
                 out["betas"].append(group["betas"])
@@ -655,8 +658,9 @@ def _read_scalars(stats: Tensor, tensors: dict, loss: Tensor | float | None,
                   first_l1: Tensor | None = None) -> list[float]:
     """Reduce the stacked statistics across ranks (one all_reduce) and bring them to the host (one sync).
 
-    Layout of ``stats``: NUM_STATS rows (grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq, grad_check) x n
-    tensors,
+    Layout of ``stats``: NUM_STATS rows (grad_sq, after, before: the last step's reading; m_sq, v_sum, param_sq,
+    dir_sq: the state now; grad_check: this gradient's |g|^2, for its finiteness; masked: elements of the last fused
+    update whose gradient was not finite) x n tensors,
     flattened, then the loss, then (first step with ``initial_decrease`` only) sum |g| per tensor.
     Replicated tensors (DDP) hold the same value on every rank and are averaged; shards (FSDP2 DTensors)
     hold partial sums and are summed; the loss is a per-rank value and is averaged.
@@ -685,16 +689,24 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     Returns the per-tensor step sizes and direction weights, or None when the step is skipped.
     """
     n = len(tensors["params"])
-    grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq, _ = (values[i * n:(i + 1) * n] for i in range(NUM_STATS))
+    grad_sq, after, before, m_sq, v_sum, param_sq, dir_sq, _, masked = (
+        values[i * n:(i + 1) * n] for i in range(NUM_STATS))
     loss = values[NUM_STATS * n]
     g0 = groups[0]
     beta1, beta2 = g0["betas"]
     warmup, kappa = g0["warmup_steps"], g0["adapt_rate"]
 
-    if not math.isfinite(sum(values)):  # a NaN or inf anywhere makes the sum non-finite
+    if not math.isfinite(sum(values[3 * n:])):  # a NaN or inf in this step's numbers makes the sum non-finite
         for group in groups:
             group["skipped_steps"] += 1
         return None
+    if sum(masked) > 0.0:
+        # The fused step reads the gradient only in the update: there it left the elements whose gradient was not
+        # finite as they were and took the rest of the step. It counts as a skipped step, one step late.
+        for group in groups:
+            group["skipped_steps"] += 1
+    if not math.isfinite(sum(values[:3 * n])):  # a reading that overflowed: the secant skips it
+        grad_sq, after, before = [0.0] * n, [0.0] * n, [0.0] * n
 
     # The controller is one set of scalars for the whole optimizer; every group holds a copy.
     c = {k: g0.get(k, v) for k, v in _CONTROLLER_DEFAULTS.items()}
@@ -748,10 +760,12 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     mean_gate = sum(w * f for w, f in zip(weights, phis)) / total
     phis = [f / mean_gate for f in phis]
 
-    # Landscape factor: secant along the previous direction. Both directional derivatives are divided by
-    # the norm of the gradient they were measured with, so clipping by max_grad_norm does not bias r. The norm
-    # is taken on the subsample the derivatives are measured on: the only full pass over the gradient before
-    # the update would otherwise be this norm, 0.35x a fused AdamW step on one CPU core.
+    # Landscape factor: secant along a step's direction, from the directional derivatives before and after
+    # that step. Both are divided by the norm of the gradient they were measured with, so clipping by
+    # max_grad_norm does not bias r. The reading is the last step's (g_{t-1}.u_{t-2} against g_{t-2}.u_{t-2}),
+    # summed during the last update: the fused step reads each gradient once, in the update, so nothing of this
+    # step's gradient is known before it. For the same reason the norm is taken on the subsample the
+    # derivatives are measured on (a full pass over the gradient costs 0.35x a fused AdamW step on one core).
     # The secant is measured with noisy gradients: its exponent is scaled by the signal fraction, so
     # that at the noise floor the step is no longer driven by noise (which would only ever shrink it).
     grad_norm = math.sqrt(sum(grad_sq))
@@ -842,19 +856,21 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
 # Reference implementation: one tensor at a time, reads like the math
 # ---------------------------------------------------------------------------------------------------
 def _single_tensor_stats(tensors: dict) -> Tensor:
-    rows: list[list[Tensor]] = [[], [], [], [], [], [], [], []]
-    for g, g_sub, m_sub, v_sub, p_sub, direction, pre in zip(
-        tensors["grads"], tensors["g_subs"], tensors["m_subs"], tensors["v_subs"], tensors["p_subs"],
-        tensors["directions"], tensors["pre"],
+    rows: list[list[Tensor]] = [[], [], [], [], [], [], [], [], []]
+    for g, m_sub, v_sub, p_sub, direction, reading in zip(
+        tensors["grads"], tensors["m_subs"], tensors["v_subs"], tensors["p_subs"], tensors["directions"],
+        tensors["readings"],
     ):
-        rows[0].append((g_sub * g_sub).sum())  # |g|^2 on the subsample, the norm the secant's readings divide by
-        rows[1].append((g_sub * direction).sum())  # b = g_t . u_{t-1} (subsample)
-        rows[2].append(pre)  # a = g_{t-1} . u_{t-1}, kept from the previous step
+        after, grad_sq, before = reading  # the last step's, summed in its update (_single_tensor_apply)
+        rows[0].append(grad_sq)
+        rows[1].append(after)
+        rows[2].append(before)
         rows[3].append((m_sub**2).sum())  # sum of m^2 (bias-corrected on the host)
         rows[4].append(v_sub.sum())  # sum of v
         rows[5].append((p_sub**2).sum())  # |theta|^2 (subsample)
         rows[6].append((direction**2).sum())  # |previous step direction|^2 (subsample)
         rows[7].append((g * g).sum())  # over the whole tensor: the non-finite check (the fused step masks instead)
+        rows[8].append(torch.zeros((), dtype=g.dtype, device=g.device))  # masked: the fused step's
     return torch.stack([torch.stack(r).to(rows[0][0].device) for r in rows])
 
 
@@ -863,6 +879,10 @@ def _single_tensor_apply(tensors: dict, plan: dict) -> None:
         tensors["params"], tensors["grads"], tensors["exp_avgs"], tensors["exp_avg_sqs"],
         tensors["directions"], tensors["states"], tensors["betas"],
     )):
+        # this step's reading for the next step's secant, on the subsample: b = g_t . u_{t-1}, |g_t|^2, and
+        # a = g_{t-1} . u_{t-1} (kept from the last step in `pre`)
+        g_sub = tensors["g_subs"][i]
+        tensors["readings"][i].copy_(torch.stack([(g_sub * direction).sum(), (g_sub * g_sub).sum(), state["pre"]]))
         # Adam's moments
         m.lerp_(g, 1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
@@ -887,20 +907,18 @@ def _single_tensor_apply(tensors: dict, plan: dict) -> None:
 def _multi_tensor_stats(tensors: dict) -> Tensor:
     # Sums of squares as norms (one kernel launch per list instead of three per tensor); sum(v) is the
     # L1 norm since v >= 0. The small per-tensor loop left is the dot product g_t . u_{t-1}.
-    dirs = tensors["directions"]
-    grad_norm = torch._foreach_norm(tensors["g_subs"])
     check = torch._foreach_norm(tensors["grads"])  # the whole gradient: the non-finite check
     m_norm = torch._foreach_norm(tensors["m_subs"])
     v_sum = torch._foreach_norm(tensors["v_subs"], 1)
     p_norm = torch._foreach_norm(tensors["p_subs"])
-    dir_norm = torch._foreach_norm(dirs)
-    after = [x.sum() for x in torch._foreach_mul(tensors["g_subs"], dirs)]
-    device = grad_norm[0].device
-    rows = [torch.stack(r).to(device) for r in (grad_norm, after, tensors["pre"], m_norm, v_sum, p_norm, dir_norm,
-                                                   check)]
-    for i in (0, 3, 5, 6, 7):
+    dir_norm = torch._foreach_norm(tensors["directions"])
+    device = check[0].device
+    rows = [torch.stack(r).to(device) for r in (m_norm, v_sum, p_norm, dir_norm, check)]
+    for i in (0, 2, 3, 4):
         rows[i] = rows[i].square()
-    return torch.stack(rows)
+    after, grad_sq, before = torch.stack(tensors["readings"]).to(device).unbind(1)  # the last step's
+    return torch.stack([grad_sq, after, before, rows[0], rows[1], rows[2], rows[3], rows[4],
+                        torch.zeros_like(rows[4])])
 
 
 def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
@@ -910,6 +928,14 @@ def _multi_tensor_apply(tensors: dict, plan: dict) -> None:
     params = [_local(p) for p in tensors["params"]]
     grads = tensors["grads"]
     m, v = tensors["exp_avgs"], tensors["exp_avg_sqs"]
+
+    # This step's reading for the next step's secant (see _single_tensor_apply), before the direction moves on.
+    g_subs = tensors["g_subs"]
+    after = [x.sum() for x in torch._foreach_mul(g_subs, tensors["directions"])]
+    grad_sq = torch.stack(torch._foreach_norm(g_subs)).square()
+    reading = torch.stack([torch.stack(after).to(grad_sq.device), grad_sq,
+                           torch.stack(tensors["pre"]).to(grad_sq.device)], dim=1)
+    torch._foreach_copy_(tensors["readings"], list(reading.unbind(0)))
 
     torch._foreach_lerp_(m, grads, 1.0 - beta1)
     torch._foreach_mul_(v, beta2)

@@ -208,7 +208,7 @@ def _one_tensor_steps(fused, grads, threads=None):
     """A 6,000-element parameter (23 blocks and a tail) stepped with the given gradients; returns it and its state."""
     torch.manual_seed(5)
     p = nn.Parameter(torch.randn(6000))
-    opt = AdaOpt([p], fused=fused, foreach=False if fused else None, warmup_steps=1)
+    opt = AdaOpt([p], fused=fused, foreach=False, warmup_steps=1)
     before = torch.get_num_threads()
     try:
         if threads:
@@ -222,34 +222,40 @@ def _one_tensor_steps(fused, grads, threads=None):
     return p.detach().clone(), opt
 
 
-def test_fused_step_masks_a_non_finite_gradient_outside_the_subsample(backend):
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_fused_step_masks_non_finite_gradient_elements_and_counts_the_step(backend, where):
+    """The fused step reads the gradient only in the update: it leaves the non-finite elements as they were, takes
+    the rest of the step, and counts a skipped step when the next step reads what the update summed."""
     g = torch.Generator().manual_seed(6)
-    grads = [torch.randn(6000, generator=g) for _ in range(6)]
-    p_clean, _ = _one_tensor_steps(True, grads[:5])
-    outside = SUBSAMPLE_PERIOD + 100  # block 1, past its first 16 elements: not in the subsample
-    assert 6000 > SMALL_TENSOR and outside % SUBSAMPLE_PERIOD >= 16
+    grads = [torch.randn(6000, generator=g) for _ in range(7)]
+    # block 1: element 100 is past its first 16 (not in the subsample), element 3 is in it
+    position = SUBSAMPLE_PERIOD + (100 if where == "outside" else 3)
+    assert 6000 > SMALL_TENSOR
+    p_five, _ = _one_tensor_steps(True, grads[:5])
+    p_ref, _ = _one_tensor_steps(True, grads[:6])
     for bad in (float("nan"), float("inf")):
         poisoned = grads[5].clone()
-        poisoned[outside] = bad
+        poisoned[position] = bad
         p, opt = _one_tensor_steps(True, grads[:5] + [poisoned])
-        p_ref, _ = _one_tensor_steps(True, grads[:6])
         state = opt.state[opt.param_groups[0]["params"][0]]
-        assert torch.isfinite(p).all() and torch.isfinite(state["exp_avg"]).all()
-        assert torch.isfinite(state["exp_avg_sq"]).all()
-        assert p[outside] == p_clean[outside]  # left as it was after step 5
+        for key in ("exp_avg", "exp_avg_sq", "direction", "pre", "reading"):
+            assert torch.isfinite(state[key]).all(), key
+        assert p[position] == p_five[position]  # left as it was after step 5
         others = torch.ones(6000, dtype=torch.bool)
-        others[outside] = False
-        assert torch.equal(p[others], p_ref[others])  # the rest of the step was taken
-        assert opt.param_groups[0]["skipped_steps"] == 0
+        others[position] = False
+        assert torch.equal(p[others], p_ref[others])  # the rest of the step was taken, with the same plan
+        assert opt.param_groups[0]["skipped_steps"] == 0  # not known yet: the plan was made before the update
+        p, opt = _one_tensor_steps(True, grads[:5] + [poisoned, grads[6]])
+        assert opt.param_groups[0]["skipped_steps"] == 1 and torch.isfinite(p).all()
 
 
-def test_fused_step_skips_the_step_for_a_non_finite_gradient_in_the_subsample(backend):
+def test_reference_skips_the_step_for_a_non_finite_gradient():
     g = torch.Generator().manual_seed(7)
     grads = [torch.randn(6000, generator=g) for _ in range(4)]
     poisoned = grads[3].clone()
-    poisoned[SUBSAMPLE_PERIOD + 3] = float("nan")  # block 1, element 3: in the subsample
-    p_three, _ = _one_tensor_steps(True, grads[:3])
-    p, opt = _one_tensor_steps(True, grads[:3] + [poisoned])
+    poisoned[SUBSAMPLE_PERIOD + 100] = float("nan")  # outside the subsample: the whole-gradient check sees it
+    p_three, _ = _one_tensor_steps(False, grads[:3])
+    p, opt = _one_tensor_steps(False, grads[:3] + [poisoned])
     assert torch.equal(p, p_three) and opt.param_groups[0]["skipped_steps"] == 1
 
 
@@ -265,14 +271,17 @@ def test_fused_cpu_kernel_does_not_depend_on_the_number_of_threads():
 def test_fused_cpu_kernel_refuses_bad_tensors_before_writing_any():
     ext = fused_cpu.extension()
     p, g = torch.zeros(10), torch.ones(10)
-    m, v, d, pre = torch.zeros(10), torch.zeros(10), torch.zeros(10), torch.zeros(())
+    m, v, d, pre, reading = torch.zeros(10), torch.zeros(10), torch.zeros(10), torch.zeros(()), torch.zeros(3)
     bad_p = torch.zeros(20)[::2]  # not contiguous
     scalars = torch.ones(8, 2, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="parameter 1 must be a contiguous CPU tensor"):
         ext.apply([p, bad_p], [g, torch.ones(10)], [m, m.clone()], [v, v.clone()], [d, d.clone()],
-                  [pre, pre.clone()], scalars)
+                  [pre, pre.clone()], [reading, reading.clone()], scalars)
     assert torch.equal(p, torch.zeros(10)) and torch.equal(m, torch.zeros(10))  # the first tensor was not stepped
+    one = torch.ones(8, 1, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="gradient 0 differs from its parameter in dtype or size"):
-        ext.apply([p], [g.double()], [m], [v], [d], [pre], torch.ones(8, 1, dtype=torch.float64))
+        ext.apply([p], [g.double()], [m], [v], [d], [pre], [reading], one)
     with pytest.raises(RuntimeError, match="unsupported dtypes"):
-        ext.stats([g.long()], [p.long()], [d])
+        ext.apply([p.long()], [g.long()], [m], [v], [d], [pre], [reading], one)
+    with pytest.raises(RuntimeError, match="the state of parameter 0 does not match it"):
+        ext.apply([p], [g], [m], [v], [d[:4]], [pre], [reading], one)

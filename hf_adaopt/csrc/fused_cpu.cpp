@@ -5,13 +5,12 @@
 // controller reads cost one more pass over memory; its outer-loop fusion, which would put them in the update's loop,
 // fails to compile an update that reads a tensor another output overwrites (the Adam update does).
 //
-// Two entry points, one per stage of the step (the host reads the statistics in between, as on the foreach path):
-//  * stats: on the subsample only (blocks of 16 of every 256 elements, small tensors whole), sum g^2, g.d and p^2.
-//    It reads 1/16 of g and p and all of the kept direction d (itself 1/16 of the tensor).
-//  * apply: Adam's moments, decoupled weight decay and the parameter update, reading p, g, m, v and writing p, m, v
-//    once (AdamW's own traffic); on the subsample it also writes the new direction and sums what the next step's
-//    controller reads (g.d_new into `pre`, m^2, v, d_new^2). Elements whose gradient is not finite are left as
-//    they were (parameter and both moments).
+// One entry point, `apply`, the whole step on the device side: Adam's moments, decoupled weight decay and the
+// parameter update, reading p, g, m, v and writing p, m, v once (AdamW's own traffic). On the subsample (blocks of
+// 16 of every 256 elements, small tensors whole) the same loop writes the new direction and sums everything the
+// next step's controller reads: this step's reading for the secant (g.d_old, g^2, and the last `pre`), the new
+// `pre` (g.d_new), and the state's m^2, v, d_new^2 and p^2. Elements whose gradient is not finite are left as they
+// were (parameter, both moments and the direction), count as a zero gradient in the sums, and are counted.
 // Per-chunk partial sums are added in chunk order: the result does not depend on the number of threads.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -30,10 +29,11 @@ constexpr int64_t kPeriod = 256;
 constexpr int64_t kSmall = 4096;
 // Rows (periods of 256 elements) per parallel task: 16K elements, 64 KB per fp32 stream.
 constexpr int64_t kChunkRows = 64;
-// How many rows ahead the statistics pass prefetches its strided reads.
-constexpr int64_t kPrefetchRows = 16;
 // Rows of the per-step scalar table (hf_adaopt/fused.py: _BETA1 ... _DIR_C2_C1).
 enum { kBeta1, kOneMinusBeta1, kBeta2, kOneMinusBeta2, kEpsC2, kKeep, kStepC2C1, kDirC2C1, kNumScalars };
+// The sums over the subsample: the reading (g.d_old, g^2), the new pre (g.d_new), and the state (m^2, v, d^2, p^2);
+// and over the whole tensor, the number of elements whose gradient was not finite.
+enum { kAfter, kGradSq, kPre, kMSq, kVSum, kDirSq, kParamSq, kMasked, kNumSums };
 
 template <typename state_t>
 using Vec = at::vec::Vectorized<state_t>;
@@ -85,43 +85,6 @@ struct Layout {
 };
 
 template <typename param_t, typename state_t>
-void stats_one(const at::Tensor& g_t, const at::Tensor& p_t, const at::Tensor& d_t, double* out) {
-  using V = Vec<state_t>;
-  const param_t* g = g_t.const_data_ptr<param_t>();
-  const param_t* p = p_t.const_data_ptr<param_t>();
-  const state_t* d = d_t.const_data_ptr<state_t>();
-  const Layout lay(g_t.numel());
-  std::vector<double> partial(3 * lay.chunks(), 0.0);
-  at::parallel_for(0, lay.chunks(), 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      V grad_sq(0), after(0), param_sq(0);
-      for (int64_t r = c * kChunkRows; r < std::min(lay.rows, (c + 1) * kChunkRows); ++r) {
-        if (lay.stride != 0 && r + kPrefetchRows < lay.rows) {
-          // the subsample is one cache line in every 16: the hardware prefetchers follow it late, so ask ahead
-          __builtin_prefetch(g + (r + kPrefetchRows) * kPeriod);
-          __builtin_prefetch(p + (r + kPrefetchRows) * kPeriod);
-        }
-        for (int64_t k = 0; k < lay.row_len; k += V::size()) {
-          const int64_t count = std::min<int64_t>(V::size(), lay.row_len - k);
-          const V gv = load<param_t, state_t>(g + r * lay.stride + k, count);
-          const V pv = load<param_t, state_t>(p + r * lay.stride + k, count);
-          const V dv = V::loadu(d + r * lay.row_len + k, count);  // partial loads fill with zeros
-          grad_sq = grad_sq + gv * gv;
-          after = after + gv * dv;
-          param_sq = param_sq + pv * pv;
-        }
-      }
-      partial[3 * c] = hsum(grad_sq);
-      partial[3 * c + 1] = hsum(after);
-      partial[3 * c + 2] = hsum(param_sq);
-    }
-  });
-  out[0] = out[1] = out[2] = 0.0;
-  for (int64_t c = 0; c < lay.chunks(); ++c)
-    for (int j = 0; j < 3; ++j) out[j] += partial[3 * c + j];
-}
-
-template <typename param_t, typename state_t>
 struct Apply {
   using V = Vec<state_t>;
   param_t* p;
@@ -139,7 +102,7 @@ struct Apply {
         step_c2_c1(s[kStepC2C1]), dir_c2_c1(s[kDirC2C1]) {}
 
   // Elements [i, i + count) of the tensor (count <= V::size()); on the subsample, j is their index in it and
-  // sums[0..3] collect g.d_new, m^2, v and d_new^2.
+  // sums[] collects (kAfter ... kParamSq).
   template <bool kSub>
   inline void operator()(int64_t i, int64_t count, int64_t j, V* sums) const {
     const V gv = load<param_t, state_t>(g + i, count);
@@ -152,39 +115,48 @@ struct Apply {
     const V u = m_new / (v_new.sqrt() + eps_c2);
     const V p_new = pv * keep - step_c2_c1 * u;
     const V finite = (gv - gv) == V(0);  // inf - inf and NaN - NaN are NaN
-    V::blendv(mv, m_new, finite).store(m + i, count);
-    V::blendv(vv, v_new, finite).store(v + i, count);
-    store<param_t, state_t>(p + i, V::blendv(pv, p_new, finite), count);
+    sums[kMasked] = sums[kMasked] + V::blendv(V(1), V(0), finite);
+    V m_out = V::blendv(mv, m_new, finite), v_out = V::blendv(vv, v_new, finite), p_out = V::blendv(pv, p_new, finite);
+    m_out.store(m + i, count);
+    v_out.store(v + i, count);
+    store<param_t, state_t>(p + i, p_out, count);
     if constexpr (kSub) {
-      // the whole step is skipped (on the host) when the subsample's gradient is not finite, so no mask here
-      V direction = dir_c2_c1 * u;
+      const V d_old = V::loadu(d + j, count);  // u_{t-1}, before this step replaces it
+      V direction = V::blendv(d_old, dir_c2_c1 * u, finite);
       direction.store(d + j, count);
-      V mm = m_new, vv_new = v_new;
       if (count < V::size()) {  // lanes past the end hold u = 0 / eps: keep them out of the sums
         direction = V::set(V(0), direction, count);
-        mm = V::set(V(0), mm, count);
-        vv_new = V::set(V(0), vv_new, count);
+        m_out = V::set(V(0), m_out, count);
+        v_out = V::set(V(0), v_out, count);
+        p_out = V::set(V(0), p_out, count);
       }
-      sums[0] = sums[0] + gv * direction;
-      sums[1] = sums[1] + mm * mm;
-      sums[2] = sums[2] + vv_new;
-      sums[3] = sums[3] + direction * direction;
+      // (loads past the end are zero: g and d_old need no such care)
+      const V g_kept = V::blendv(V(0), gv, finite);
+      sums[kAfter] = sums[kAfter] + g_kept * d_old;
+      sums[kGradSq] = sums[kGradSq] + g_kept * g_kept;
+      sums[kPre] = sums[kPre] + g_kept * direction;
+      sums[kMSq] = sums[kMSq] + m_out * m_out;
+      sums[kVSum] = sums[kVSum] + v_out;
+      sums[kDirSq] = sums[kDirSq] + direction * direction;
+      sums[kParamSq] = sums[kParamSq] + p_out * p_out;
     }
   }
 };
 
 template <typename param_t, typename state_t>
 void apply_one(const at::Tensor& p_t, const at::Tensor& g_t, const at::Tensor& m_t, const at::Tensor& v_t,
-               const at::Tensor& d_t, const at::Tensor& pre_t, const double* s, double* out) {
+               const at::Tensor& d_t, const at::Tensor& pre_t, const at::Tensor& reading_t, const double* s,
+               double* out) {
   using V = Vec<state_t>;
   const Apply<param_t, state_t> op(p_t, g_t, m_t, v_t, d_t, s);
   const int64_t n = p_t.numel();
   const Layout lay(n);
   const int64_t tail_start = lay.stride == 0 ? n : lay.rows * kPeriod;  // past the last full period: no subsample
-  std::vector<double> partial(4 * lay.chunks(), 0.0);
+  std::vector<double> partial(kNumSums * lay.chunks(), 0.0);
   at::parallel_for(0, lay.chunks(), 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      V sums[4] = {V(0), V(0), V(0), V(0)};
+      V sums[kNumSums];
+      for (auto& x : sums) x = V(0);
       for (int64_t r = c * kChunkRows; r < std::min(lay.rows, (c + 1) * kChunkRows); ++r) {
         const int64_t start = r * lay.stride;
         for (int64_t k = 0; k < lay.row_len; k += V::size())
@@ -192,20 +164,30 @@ void apply_one(const at::Tensor& p_t, const at::Tensor& g_t, const at::Tensor& m
                                        r * lay.row_len + k, sums);
         const int64_t end = lay.stride == 0 ? start : start + kPeriod;
         for (int64_t i = start + lay.row_len; i < end; i += V::size())
-          op.template operator()<false>(i, V::size(), 0, nullptr);  // 240 = 15 full vectors of 16, 30 of 8
+          op.template operator()<false>(i, V::size(), 0, sums);  // 240 = 15 full vectors of 16, 30 of 8
       }
-      for (int j = 0; j < 4; ++j) partial[4 * c + j] = hsum(sums[j]);
+      for (int j = 0; j < kNumSums; ++j) partial[kNumSums * c + j] = hsum(sums[j]);
     }
   });
+  V tail_sums[kNumSums];
+  for (auto& x : tail_sums) x = V(0);
   for (int64_t i = tail_start; i < n; i += V::size())
-    op.template operator()<false>(i, std::min<int64_t>(V::size(), n - i), 0, nullptr);
-  double total[4] = {0.0, 0.0, 0.0, 0.0};
+    op.template operator()<false>(i, std::min<int64_t>(V::size(), n - i), 0, tail_sums);
+  double total[kNumSums] = {};
+  total[kMasked] = hsum(tail_sums[kMasked]);
   for (int64_t c = 0; c < lay.chunks(); ++c)
-    for (int j = 0; j < 4; ++j) total[j] += partial[4 * c + j];
-  pre_t.data_ptr<state_t>()[0] = static_cast<state_t>(total[0]);
-  out[0] = total[1];
-  out[1] = total[2];
-  out[2] = total[3];
+    for (int j = 0; j < kNumSums; ++j) total[j] += partial[kNumSums * c + j];
+  state_t* reading = reading_t.data_ptr<state_t>();  // (after, grad_sq, before), as _single_tensor_apply writes it
+  state_t* pre = pre_t.data_ptr<state_t>();
+  reading[0] = static_cast<state_t>(total[kAfter]);
+  reading[1] = static_cast<state_t>(total[kGradSq]);
+  reading[2] = pre[0];
+  pre[0] = static_cast<state_t>(total[kPre]);
+  out[0] = total[kMSq];
+  out[1] = total[kVSum];
+  out[2] = total[kParamSq];
+  out[3] = total[kDirSq];
+  out[4] = total[kMasked];
 }
 
 // (param dtype, state dtype) -> the instantiation; anything else is refused (the caller falls back to foreach)
@@ -239,30 +221,12 @@ void check_dtypes(const std::vector<at::Tensor>& params, const std::vector<at::T
 
 }  // namespace
 
-// Returns a (3, n) float64 tensor: per tensor, the subsample's sum of g^2, of g.d and of p^2.
-at::Tensor stats(std::vector<at::Tensor> grads, std::vector<at::Tensor> params, std::vector<at::Tensor> directions) {
-  const int64_t n = params.size();
-  check(params, params, "parameter");
-  check(grads, params, "gradient");
-  check(directions, params, "direction");
-  check_dtypes(params, grads, directions);
-  at::Tensor out = at::zeros({3, n}, at::kDouble);
-  double* rows = out.data_ptr<double>();
-  std::vector<double> row(3);
-  for (int64_t i = 0; i < n; ++i) {
-    dispatch(params[i], directions[i], [&](auto param_v, auto state_v) {
-      stats_one<decltype(param_v), decltype(state_v)>(grads[i], params[i], directions[i], row.data());
-    });
-    for (int j = 0; j < 3; ++j) rows[j * n + i] = row[j];
-  }
-  return out;
-}
-
-// Updates every tensor in place; `scalars` is the (kNumScalars, n) float64 table. Writes each tensor's g.d_new into
-// its `pre` and returns a (3, n) float64 tensor: the subsample's sum of m^2, of v and of d_new^2 after the update.
+// Updates every tensor in place; `scalars` is the (kNumScalars, n) float64 table. Writes each tensor's reading
+// (g.d_old, g^2, the last pre) and new pre (g.d_new), and returns a (5, n) float64 tensor: the subsample's sums of
+// m^2, v, p^2 and d_new^2 after the update, and the number of elements whose gradient was not finite.
 at::Tensor apply(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> exp_avgs,
                  std::vector<at::Tensor> exp_avg_sqs, std::vector<at::Tensor> directions, std::vector<at::Tensor> pres,
-                 at::Tensor scalars) {
+                 std::vector<at::Tensor> readings, at::Tensor scalars) {
   const int64_t n = params.size();
   TORCH_CHECK(scalars.scalar_type() == at::kDouble && scalars.is_contiguous() && scalars.dim() == 2 &&
                   scalars.size(0) == kNumScalars && scalars.size(1) == n,
@@ -273,26 +237,28 @@ at::Tensor apply(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, 
   check(exp_avg_sqs, params, "exp_avg_sq");
   check(directions, params, "direction");
   check(pres, params, "pre");
+  check(readings, params, "reading");
   check_dtypes(params, grads, exp_avgs);
   for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK(exp_avg_sqs[i].scalar_type() == exp_avgs[i].scalar_type() &&
                     directions[i].scalar_type() == exp_avgs[i].scalar_type() &&
                     pres[i].scalar_type() == exp_avgs[i].scalar_type() && pres[i].numel() == 1 &&
+                    readings[i].scalar_type() == exp_avgs[i].scalar_type() && readings[i].numel() == 3 &&
                     exp_avgs[i].numel() == params[i].numel() && exp_avg_sqs[i].numel() == params[i].numel() &&
                     directions[i].numel() == Layout(params[i].numel()).rows * Layout(params[i].numel()).row_len,
                 "AdaOpt fused CPU step: the state of parameter ", i, " does not match it in dtype or size");
-  at::Tensor out = at::zeros({3, n}, at::kDouble);
+  at::Tensor out = at::zeros({5, n}, at::kDouble);
   double* rows = out.data_ptr<double>();
   const double* table = scalars.const_data_ptr<double>();
   for (int64_t i = 0; i < n; ++i) {
     double s[kNumScalars];
     for (int k = 0; k < kNumScalars; ++k) s[k] = table[k * n + i];
-    double row[3];
+    double row[5];
     dispatch(params[i], exp_avgs[i], [&](auto param_v, auto state_v) {
       apply_one<decltype(param_v), decltype(state_v)>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
-                                                      directions[i], pres[i], s, row);
+                                                      directions[i], pres[i], readings[i], s, row);
     });
-    for (int j = 0; j < 3; ++j) rows[j * n + i] = row[j];
+    for (int j = 0; j < 5; ++j) rows[j * n + i] = row[j];
   }
   return out;
 }
