@@ -203,13 +203,14 @@ class AdaOpt(Optimizer):
         ``adapt_rate=0.1, initial_scale=None, initial_decrease=None, progress_power=None, secant_target=0,
         signal_scaled_target=False, symmetric_damping=False, trust_bounds=True, momentum_noise=False``.
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
-        fused: use the compiled step (``hf_adaopt.fused``: ``torch.compile`` makes the update one pass over each
-            tensor's memory, as torch's fused AdamW does), compiled once per parameter layout at the first step
-            (seconds to a minute); it falls back to foreach, with a warning in the log, where it cannot compile.
-            Default: off. Measured on 26.5M fp32 parameters, one CPU thread (``bench_optimizer_step.py``): the
-            fused step took 0.26x the foreach step's time (44.7 vs 171.8 ms; torch's fused AdamW 20.8 ms), after a
-            compile of 10-140 s on two shared cores, which pays back only after thousands of steps; not yet
-            measured on CUDA. Pass ``fused=True`` for long runs.
+        fused: make the step one pass over memory (``hf_adaopt.fused``), as torch's fused AdamW: on CPU a C++
+            kernel in torch's fused-AdamW pattern (``hf_adaopt/csrc/fused_cpu.cpp``), built with the system's
+            compiler at the first step (about a minute, then cached by torch for later processes); on CUDA two
+            ``torch.compile`` graphs, compiled once per parameter layout. It falls back to foreach, with a warning
+            in the log, where it cannot be built. It leaves gradient elements that are not finite as they were
+            instead of skipping the step (see :mod:`hf_adaopt.fused`). Default: off (the build, and CUDA, where it
+            is not yet measured); the step costs are in the README's step-cost table. Pass ``fused=True`` for long
+            runs.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
     ``variance_factor``, ``landscape_factor`` and ``base_scale``.

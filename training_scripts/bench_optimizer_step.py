@@ -134,6 +134,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 # ----------------------------------------------------------------------------------------------- bench
 COPY_FLOOR = "copy floor (copy_, AdamW's bytes)"
+GRAD_READ = "one read of the gradients (foreach_norm)"
 ADAMW_TENSORS = 7  # AdamW reads p, g, m, v and writes p, m, v
 
 
@@ -149,6 +150,19 @@ class CopyFloor:
 
     def step(self) -> None:
         self.dst.copy_(self.src)
+
+
+class GradRead:
+    """Stands in for an optimizer: ``torch._foreach_norm`` of the gradients, what one more pass over them costs (a
+    statistics pass before the update, which AdaOpt's fused step does not make)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.grads = [p.grad for p in params]
+        self.state: dict = {}
+        self.param_groups: list = []
+
+    def step(self) -> None:
+        torch._foreach_norm(self.grads)
 
 
 class Runner:
@@ -191,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                         "threads -- steadier than wall time on a machine shared with other jobs (CPU device only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", default=None, help="comma-separated substrings of optimizer names to run "
-                        "(the two AdamW rows and the copy floor always run: they are the references)")
+                        "(the two AdamW rows, the copy floor and the gradient read always run: they are the "
+                        "references)")
     parser.add_argument("--output_json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -210,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {name: Runner(factories[name], shapes, dtype, args.device, clock) for name in factories}
     n_params = sum(p.numel() for p in next(iter(runners.values())).params)
     runners[COPY_FLOOR] = Runner(lambda ps: CopyFloor(n_params, dtype, args.device), [], dtype, args.device, clock)
+    runners[GRAD_READ] = Runner(GradRead, shapes, dtype, args.device, clock)
     names = list(runners)
     for runner in runners.values():
         for _ in range(args.warmup):
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"optimizer": name, "ms_per_step": ms, "ratio_to_fused_adamw": ratio(name, fused_ref),
                "ratio_to_foreach_adamw": ratio(name, foreach_ref), "ratio_to_copy_floor": ratio(name, COPY_FLOOR),
                "gb_per_s": adamw_bytes / (ms * 1e-3) / 1e9,
-               "state_bytes_per_param": nbytes[name] / n_params if name != COPY_FLOOR else None}
+               "state_bytes_per_param": nbytes[name] / n_params if name not in (COPY_FLOOR, GRAD_READ) else None}
         if name == "AdaOpt (fused)":
             row["compile_s"] = runners[name].first_step_s
         rows.append(row)
