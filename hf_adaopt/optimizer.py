@@ -20,7 +20,9 @@ The step of every tensor :math:`i` is
   step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
   (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
   previous step's direction, compare the directional derivative before the step,
-  :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it, :math:`b = g_t \cdot u_{t-1}/\|g_t\|`.
+  :math:`a = g_{t-1}\cdot u_{t-1}/\|g_{t-1}\|`, with the one after it, :math:`b = g_t \cdot u_{t-1}/\|g_t\|`
+  (on the subsample below, norms included). Each update sums :math:`b` and :math:`\|g_t\|` while it reads
+  :math:`g_t`, and the reading steers the next step: AdaOpt reads each gradient once (ablation v7).
   On a quadratic the greedy (one-step) best step along :math:`u` is :math:`1/(1-r)` times the one taken,
   :math:`r = b/a`. So :math:`\mu_t = ((1-r^*_t)/(1-\bar r))^{\kappa\,\rho_t}`, :math:`\bar r` the ratio of EMAs of
   :math:`b` and :math:`a`, clamped so that one step changes :math:`d` by at most :math:`(4(1-r^*))^{\kappa}`.
@@ -63,7 +65,8 @@ feed the scalars are reduced on the device, stacked, all-reduced once under ``to
 with a single host sync per step.
 
 A step with a non-finite gradient (or statistic) changes nothing -- neither the parameters nor the state --
-and is counted in ``skipped_steps``.
+and is counted in ``skipped_steps``. (The fused step reads the gradient only in its update: it leaves the
+non-finite elements as they were, takes the rest of the step, and counts it at the next step.)
 
 Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
 EMAs fill; the secant needs gradients that carry information from one step to the next; Polyak's start and the
@@ -766,7 +769,8 @@ def _plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_lo
     # max_grad_norm does not bias r. The reading is the last step's (g_{t-1}.u_{t-2} against g_{t-2}.u_{t-2}),
     # summed during the last update: the fused step reads each gradient once, in the update, so nothing of this
     # step's gradient is known before it. For the same reason the norm is taken on the subsample the
-    # derivatives are measured on (a full pass over the gradient costs 0.35x a fused AdamW step on one core).
+    # derivatives are measured on (what one more pass over the gradient costs: the step-cost table's
+    # "one read of the gradients" row).
     # The secant is measured with noisy gradients: its exponent is scaled by the signal fraction, so
     # that at the noise floor the step is no longer driven by noise (which would only ever shrink it).
     grad_norm = math.sqrt(sum(grad_sq))
@@ -907,7 +911,7 @@ def _single_tensor_apply(tensors: dict, plan: dict) -> None:
 # ---------------------------------------------------------------------------------------------------
 def _multi_tensor_stats(tensors: dict) -> Tensor:
     # Sums of squares as norms (one kernel launch per list instead of three per tensor); sum(v) is the
-    # L1 norm since v >= 0. The small per-tensor loop left is the dot product g_t . u_{t-1}.
+    # L1 norm since v >= 0. The gradient's reading was summed by the last update (_multi_tensor_apply).
     check = torch._foreach_norm(tensors["grads"])  # the whole gradient: the non-finite check
     m_norm = torch._foreach_norm(tensors["m_subs"])
     v_sum = torch._foreach_norm(tensors["v_subs"], 1)
