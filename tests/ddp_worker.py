@@ -4,7 +4,8 @@
         tests/ddp_worker.py --output_dir /tmp/ddp --steps 25
 
 Each rank trains the same tiny classifier on its own shard of the data: with a plain accelerate loop
-(``accelerator.backward``, ``opt.set_loss(local_loss)``, ``opt.step()``), with ``transformers.Trainer`` +
+(``accelerator.backward``, ``opt.set_loss(local_loss)``, ``opt.step()``; and the same with ``fused=True``), with
+``transformers.Trainer`` +
 `AdaOptCallback`, and with the Trainer, gradient accumulation and a model whose loss is normalized by
 ``num_items_in_batch`` of all ranks (the path transformers' language models take). It saves ``<output_dir>/<mode>_rank<r>.pt`` with its final parameters, AdaOpt's diagnostics
 after every step and the local losses it fed; the test compares the ranks.
@@ -50,11 +51,11 @@ def _group_scalars(optimizer) -> list[dict]:
     return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
 
 
-def run_accelerate(args) -> dict:
+def run_accelerate(args, fused: bool = False) -> dict:
     accelerator = Accelerator(cpu=True)
     set_seed(0)  # same initial weights on every rank
     model = TinyClassifier()
-    optimizer = FeedRecorder(model.parameters(), lr=args.lr)
+    optimizer = FeedRecorder(model.parameters(), lr=args.lr, fused=fused)
     loader = torch.utils.data.DataLoader(TinyDataset(256, seed=0), batch_size=8, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)  # loader: one shard per rank
     inner = unwrap_optimizer(optimizer)
@@ -71,7 +72,8 @@ def run_accelerate(args) -> dict:
                 break
     unwrapped = accelerator.unwrap_model(model)
     return {"params": {k: v.detach().clone() for k, v in unwrapped.state_dict().items()},
-            "diagnostics": inner.diagnostics_per_step, "fed": inner.fed, "groups": _group_scalars(inner)}
+            "diagnostics": inner.diagnostics_per_step, "fed": inner.fed, "groups": _group_scalars(inner),
+            "fused_ran": fused and getattr(inner, "_fused_failed", None) is None and hasattr(inner, "_fused_carry")}
 
 
 class ItemsClassifier(TinyClassifier):
@@ -119,11 +121,12 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--modes", default="accelerate,trainer,trainer_items")
+    parser.add_argument("--modes", default="accelerate,accelerate_fused,trainer,trainer_items")
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     for mode in args.modes.split(","):
-        runs = {"accelerate": run_accelerate, "trainer": run_trainer,
+        runs = {"accelerate": run_accelerate, "accelerate_fused": lambda a: run_accelerate(a, fused=True),
+                "trainer": run_trainer,
                 "trainer_items": lambda a: run_trainer(a, items=True)}
         result = runs[mode](args)
         rank = int(os.environ.get("RANK", 0))
