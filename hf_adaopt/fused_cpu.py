@@ -39,7 +39,10 @@ def extension():
             name=f"hf_adaopt_fused_cpu_{capability.lower()}",
             cpp_sources=source,
             functions=["apply"],
-            extra_cflags=["-O3", *macros, *flags],
+            # -fopenmp: at::parallel_for is inline, and runs its chunks on torch's OpenMP threads only if the
+            # extension itself is compiled with OpenMP (without it, one thread whatever torch.get_num_threads says)
+            extra_cflags=["-O3", "-fopenmp", *macros, *flags],
+            extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     return _extension

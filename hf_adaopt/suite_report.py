@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 
@@ -262,7 +263,15 @@ def bench_markdown(bench: dict) -> str:
         return head + "\n\n" + _table(["optimizer", "ms/step", "x fused AdamW", "x foreach AdamW", "x floor", "GB/s",
                                         "state B/param"], rows)
 
-    return "\n\n".join(one(run) for run in [bench, *bench.get("other_runs", [])])
+    text = "\n\n".join(one(run) for run in [bench, *bench.get("other_runs", [])])
+    repeats = bench.get("repeats", [])
+    if repeats:  # the same fp32 setting run again: how far one run's ratio moves on this machine
+        ratios = sorted(r["ratio_to_fused_adamw"] for run in repeats for r in run["rows"]
+                        if r["optimizer"] == "AdaOpt (fused)")
+        text += (f"\n\nThe first table's setting run {len(ratios)} more times (`{repeats[0]['command']}`): AdaOpt (fused) "
+                 f"at {', '.join(f'{x:.2f}x' for x in ratios)} torch's fused AdamW (median "
+                 f"{statistics.median(ratios):.2f}x).")
+    return text
 
 
 # The README's generated blocks: marker name -> the committed file(s) it is rendered from (model_cards/results/).

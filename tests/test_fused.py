@@ -16,9 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from hf_adaopt import AdaOpt
+from hf_adaopt import AdaOpt, fused_cpu
 from hf_adaopt import fused as fused_module
-from hf_adaopt import fused_cpu
 from hf_adaopt.optimizer import SMALL_TENSOR, SUBSAMPLE_PERIOD
 
 # fused == reference in float64 (the same bound as foreach == reference in tests/test_optimizer.py)

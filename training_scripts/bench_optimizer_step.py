@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"num_params": n_params, "dtype": args.dtype, "device": args.device, "steps": args.steps,
                        "warmup": args.warmup, "clock": args.clock, "threads": torch.get_num_threads(),
                        "torch": torch.__version__, "adamw_bytes_per_param": ADAMW_TENSORS * dtype.itemsize,
-                       "command": "python training_scripts/bench_optimizer_step.py " + " ".join(
+                       "command": "python training_scripts/bench_optimizer_step.py " + shlex.join(
                            argv if argv is not None else sys.argv[1:]),
                        "rows": rows}, f, indent=2)
     return 0
