@@ -1,23 +1,24 @@
-r"""AdaOpt's fused step: two stages, each one pass over the memory it must read, on CPU and CUDA.
+r"""AdaOpt's fused step: one pass over memory, on CPU and CUDA.
 
-* ``stats`` (before the step's one host sync): on the subsample only (~1/16 of each tensor), sum g^2, g.d (the
-  secant's new reading) and p^2; the rows that read the optimizer's own state (m^2, v, d^2 on the subsample, and
-  ``pre`` = g.d) were summed by the previous step's ``apply`` from the values it wrote.
-* ``apply``: Adam's moments, decoupled weight decay and the parameter update, reading p, g, m, v and writing
-  p, m, v once -- 28 bytes per fp32 parameter, AdamW's own traffic -- with the new direction and the next step's
-  state statistics summed on the subsample in the same loop.
+* ``fused_apply``: Adam's moments, decoupled weight decay and the parameter update, reading p, g, m, v and writing
+  p, m, v once -- 28 bytes per fp32 parameter, AdamW's own traffic. On the subsample (~1/16 of each tensor) the
+  same loop writes the new direction and sums what the next step's controller reads: this gradient's reading for
+  the secant (g.d_old, |g|^2 and the last ``pre``, into ``state["reading"]``), the new ``pre``, and the state's
+  m^2, v, p^2 and d^2 (returned).
+* ``fused_stats``: the next step's statistics from those sums, before its one host sync. It reads no tensor memory.
+  Where the state or parameters changed since the last fused update (a loaded state dict, an in-place edit), the
+  foreach statistics stand in.
 
-Non-finite gradients: the subsample's statistics reach the host before the update, and a NaN or inf there skips
-the whole step, as on the foreach path. The fused step reads no more of the gradient than that before updating, so
-an element outside the subsample whose gradient is not finite is caught in the update instead: that element's
-parameter and moments are left as they were, and the rest of the step is taken (the foreach path, which reads the
-whole gradient first, skips the step).
+Non-finite gradients: nothing of the gradient is read before the update, so the update catches them. An element
+whose gradient is not finite keeps its parameter, moments and direction, counts as a zero gradient in the sums,
+and is counted; the next step adds one to ``skipped_steps``. The rest of the step is taken. (The foreach and
+reference paths read the whole gradient first and skip the step.)
 
 CPU: ``hf_adaopt/csrc/fused_cpu.cpp`` (``hf_adaopt.fused_cpu``), torch's fused-AdamW kernel pattern, built on first
-use. CUDA: the same math as two ``torch.compile`` graphs (inductor generates Triton kernels), with the per-step
+use. CUDA: the same math as a ``torch.compile`` graph (inductor generates Triton kernels), with the per-step
 numbers (bias corrections, step sizes, decays, direction weights, eps, betas) entering as one float64 tensor, so a new
 step is a new value, not a new graph: each parameter layout is compiled once. (On CPU, inductor gives each
-reduction its own loop over memory, 1.4-2x the kernel's time; see the README's step-cost section.)
+reduction its own loop over memory; see the README's step-cost section.)
 
 Where the kernel cannot be built or compiled, the caller (``AdaOpt.step``) falls back to the foreach path, and says
 so once in the log. The math is the reference's (``_single_tensor_stats`` / ``_single_tensor_apply`` in
