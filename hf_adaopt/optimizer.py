@@ -208,8 +208,8 @@ class AdaOpt(Optimizer):
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
         fused: make the step one pass over memory (``hf_adaopt.fused``), as torch's fused AdamW: on CPU a C++
             kernel in torch's fused-AdamW pattern (``hf_adaopt/csrc/fused_cpu.cpp``), built with the system's
-            compiler at the first step (about a minute, then cached by torch for later processes); on CUDA two
-            ``torch.compile`` graphs, compiled once per parameter layout. It falls back to foreach, with a warning
+            compiler at the first step (about a minute, then cached by torch for later processes); on CUDA a
+            ``torch.compile`` graph, compiled once per parameter layout. It falls back to foreach, with a warning
             in the log, where it cannot be built. It leaves gradient elements that are not finite as they were
             instead of skipping the step (see :mod:`hf_adaopt.fused`). Default: off (the build, and CUDA, where it
             is not yet measured); the step costs are in the README's step-cost table. Pass ``fused=True`` for long
