@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import TinyClassifier, TinyDataset  # noqa: E402
 
 from hf_adaopt import AdaOpt, AdaOptCallback  # noqa: E402
-from hf_adaopt.callback import unwrap_optimizer  # noqa: E402
+from hf_adaopt.core.callback import unwrap_optimizer  # noqa: E402
 
 
 class FeedRecorder(AdaOpt):

@@ -105,7 +105,7 @@ def make_bad_config(tmp):
 
 def make_cut_line(tmp, argv):
     """The comparison of `argv`, finished, then its last results line cut in half (a kill during the write)."""
-    from hf_adaopt import compare
+    from hf_adaopt.lab import compare
 
     assert argv[0] == "compare" and compare.main(argv[1:]) == 0
     path = tmp / "cut-line" / "results.jsonl"
@@ -147,7 +147,7 @@ def point_library_handlers_at_this_stderr():
 
 
 def run_in_process(argv, capsys, caplog) -> tuple[int, str]:
-    from hf_adaopt import cli
+    from hf_adaopt.lab import cli
 
     try:
         status = cli.main(argv)
@@ -160,7 +160,7 @@ def run_in_process(argv, capsys, caplog) -> tuple[int, str]:
 def run_with_ctrl_c(argv, tmp) -> tuple[int, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hf_adaopt.cli", *argv], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "hf_adaopt.lab.cli", *argv], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     runs = tmp / "out" / "compare-digits" / "runs"
     deadline = time.monotonic() + 120

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from hf_adaopt.suite_report import bench_markdown
+from hf_adaopt.lab.suite_report import bench_markdown
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "bench_optimizer_step.py")
 

@@ -13,8 +13,9 @@ from transformers import Trainer, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import DefaultFlowCallback
 
-from hf_adaopt import AdaOpt, AdaOptCallback, LRTrajectoryCallback
-from hf_adaopt.callback import DIAGNOSTIC_KEYS, unwrap_optimizer
+from hf_adaopt import AdaOpt, AdaOptCallback
+from hf_adaopt.lab.trajectory import LRTrajectoryCallback
+from hf_adaopt.core.callback import DIAGNOSTIC_KEYS, unwrap_optimizer
 
 
 def _args(tmp_path, **kw):
@@ -129,7 +130,7 @@ def test_hook_is_removed_at_train_end(tmp_path, tiny_model):
 
 
 def test_adaopt_callback_rejects_other_optimizers_with_a_pointer_to_lr_trajectory(tmp_path, tiny_model):
-    with pytest.raises(TypeError, match="LRTrajectoryCallback"):
+    with pytest.raises(TypeError, match="TrajectoryCallback"):
         _started_callback(tmp_path, tiny_model, torch.optim.AdamW(tiny_model.parameters()))
 
 

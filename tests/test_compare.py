@@ -7,8 +7,8 @@ import shutil
 import pytest
 from test_report import assert_report_sections
 
-from hf_adaopt import analysis, compare, plots, report, runner
-from hf_adaopt import run as run_mod
+from hf_adaopt.lab import analysis, compare, plots, report, runner
+from hf_adaopt.lab import run as run_mod
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--num_train_epochs", "1", "--max_train_samples", "64", "--max_eval_samples", "64"]
@@ -227,14 +227,14 @@ def test_lr_sweep_runs_every_optimizer_at_every_lr(tmp_path, monkeypatch):
 
 def test_push_to_hub_runs_after_every_local_file(tmp_path, monkeypatch):
     monkeypatch.setattr(run_mod, "run_training", fake_run_training)
-    import hf_adaopt.hub
+    import hf_adaopt.lab.hub
 
     seen = {}
 
     def fake_push(output_dir, repo_id, **kwargs):
         seen.update(repo_id=repo_id, files=sorted(os.listdir(output_dir)))
 
-    monkeypatch.setattr(hf_adaopt.hub, "push_comparison", fake_push)
+    monkeypatch.setattr(hf_adaopt.lab.hub, "push_comparison", fake_push)
     monkeypatch.setenv("HF_TOKEN", "hf_test")  # the push target is checked before the first run
     out = tmp_path / "p"
     args = [

@@ -1,7 +1,7 @@
 """AdaOpt's fused step: equal to the reference on both backends, built or compiled once, non-finite gradients masked,
 and a foreach fallback when it cannot be built.
 
-Backends: "cpu" is the C++ kernel (hf_adaopt/csrc/fused_cpu.cpp, built once per machine, ~60 s on two cores, then
+Backends: "cpu" is the C++ kernel (hf_adaopt/core/csrc/fused_cpu.cpp, built once per machine, ~60 s on two cores, then
 cached by torch); "inductor" is the torch.compile graphs CUDA uses, run here on the CPU (each parameter layout costs
 one compile of two graphs, ~10-30 s), so the tests share two layouts: a float64 one (parity at PARITY_ATOL) and a
 mixed fp32/bf16 one (parity at the stated bf16 tolerance).
@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from hf_adaopt import AdaOpt, fused_cpu
-from hf_adaopt import fused as fused_module
-from hf_adaopt.optimizer import SMALL_TENSOR, SUBSAMPLE_PERIOD
+from hf_adaopt import AdaOpt
+from hf_adaopt.core import fused_cpu
+from hf_adaopt.core import fused as fused_module
+from hf_adaopt.core.optimizer import SMALL_TENSOR, SUBSAMPLE_PERIOD
 
 # fused == reference in float64 (the same bound as foreach == reference in tests/test_optimizer.py)
 PARITY_ATOL = 1e-10
@@ -162,7 +163,7 @@ def test_fused_falls_back_to_foreach_when_compilation_fails(backend, monkeypatch
     model, empty, _ = _float64_setup(fused=True)
     opt = AdaOpt([{"params": [p for p in model.parameters() if p.requires_grad] + [empty]}], fused=True,
                  warmup_steps=3)
-    with caplog.at_level(logging.WARNING, logger="hf_adaopt.fused"):
+    with caplog.at_level(logging.WARNING, logger="hf_adaopt.core.fused"):
         _float64_steps(model_foreach, empty_foreach, opt_foreach, steps=5)
         _float64_steps(model, empty, opt, steps=5)
     assert "no C++ compiler here" in opt._fused_failed

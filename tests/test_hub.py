@@ -1,6 +1,6 @@
 """`hf-adaopt push`: real pushes through the unmodified huggingface_hub client to a local fake Hub.
 
-The client runs in a subprocess (`python -m hf_adaopt.cli push ...`) with HF_ENDPOINT pointing at
+The client runs in a subprocess (`python -m hf_adaopt.lab.cli push ...`) with HF_ENDPOINT pointing at
 tests/hub_server.py, so it reads the endpoint at import exactly as it does for a user. Offline, CPU.
 """
 
@@ -21,7 +21,7 @@ import yaml
 from hub_server import FakeHub  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 from huggingface_hub import DatasetCard, ModelCard
 
-from hf_adaopt import cards, hub
+from hf_adaopt.lab import cards, hub
 
 TOKEN = "hf_alice_write_token"
 USER = "alice"
@@ -52,7 +52,7 @@ def make_run_dir(d: Path) -> Path:
     """A run directory in the formats of CONTRACTS.md: a saved tiny model + the run's JSON files + a plot."""
     import torch
 
-    from hf_adaopt.models import MLPConfig, MLPForImageClassification
+    from hf_adaopt.lab.models import MLPConfig, MLPForImageClassification
 
     torch.manual_seed(0)
     MLPForImageClassification(MLPConfig(input_dim=64, hidden_sizes=(16,), num_labels=10)).save_pretrained(d)
@@ -82,8 +82,8 @@ def make_run_dir(d: Path) -> Path:
 
 
 def make_comparison_dir(d: Path) -> Path:
-    """A comparison directory: results.jsonl in the contract's format, the rest built by hf_adaopt.report."""
-    from hf_adaopt import report
+    """A comparison directory: results.jsonl in the contract's format, the rest built by hf_adaopt.lab.report."""
+    from hf_adaopt.lab import report
 
     d.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -161,7 +161,7 @@ class CliRun:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, run_dir, comparison_dir):
-    """Every `python -m hf_adaopt.cli push` of this module, started together (each one imports torch, ~2 s of
+    """Every `python -m hf_adaopt.lab.cli push` of this module, started together (each one imports torch, ~2 s of
     CPU) and each against its own fake Hub, so that the requests and files a hub holds are that case's own."""
     tmp = tmp_path_factory.mktemp("cli")
     cases = {
@@ -181,7 +181,7 @@ def cli(tmp_path_factory, run_dir, comparison_dir):
                 env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
             home = tmp / f"home-{name}"
             home.mkdir()
-            proc = subprocess.Popen([sys.executable, "-m", "hf_adaopt.cli", "push", *map(str, args)],
+            proc = subprocess.Popen([sys.executable, "-m", "hf_adaopt.lab.cli", "push", *map(str, args)],
                                     env=cli_env(home, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             runs[name] = CliRun(fake, proc)
         for run in runs.values():
@@ -335,8 +335,8 @@ def test_bare_repo_name_goes_under_the_token_user(fake_hub, run_dir, monkeypatch
 
 
 def test_real_digits_run_pushes_with_its_measured_numbers(fake_hub, tmp_path, monkeypatch, capsys):
-    # A real (1-epoch) run through hf_adaopt.run, as `hf-adaopt train` writes it, then dry run and push.
-    from hf_adaopt import run
+    # A real (1-epoch) run through hf_adaopt.lab.run, as `hf-adaopt train` writes it, then dry run and push.
+    from hf_adaopt.lab import run
 
     out = tmp_path / "digits"
     assert run.main(["--task", "digits", "--optimizer", "adaopt", "--output_dir", str(out), "--num_train_epochs", "1",
@@ -475,13 +475,13 @@ def test_dry_run_refuses_a_non_empty_directory_and_the_results_directory(run_dir
 def test_reproduce_command_is_pasteable():
     assert cards._reproduce_command("training_scripts/train.py --task digits") == "python training_scripts/train.py --task digits"
     assert cards._reproduce_command("/venv/bin/hf-adaopt train --task mnist") == "hf-adaopt train --task mnist"
-    assert cards._reproduce_command("/x/hf_adaopt/cli.py compare --seeds 5") == "hf-adaopt compare --seeds 5"
+    assert cards._reproduce_command("/x/hf_adaopt/lab/cli.py compare --seeds 5") == "hf-adaopt compare --seeds 5"
 
 
 def test_unreachable_is_recognised_by_type_not_by_class_name():
     """A connection failure of the Hub client (httpx or its fork httpx2, requests) reads as "cannot reach";
     an unrelated exception that merely shares a class name does not."""
-    from hf_adaopt.tasks.base import _http_clients
+    from hf_adaopt.lab.tasks.base import _http_clients
 
     class ConnectError(Exception):  # same name as the client's, another type
         pass

@@ -33,7 +33,7 @@ def whole_records(path) -> list[dict]:
 
 def start(out, log):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "hf_adaopt.cli", "compare", *ARGS, "--output_dir", str(out)]
+    cmd = [sys.executable, "-m", "hf_adaopt.lab.cli", "compare", *ARGS, "--output_dir", str(out)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 

@@ -87,7 +87,7 @@ LM_TOLERANCE = 0.02  # relative bits per character
 def prose():
     import numpy as np
 
-    from hf_adaopt.tasks.offline_data import pydoc_text
+    from hf_adaopt.lab.tasks.offline_data import pydoc_text
 
     data = torch.tensor(np.frombuffer(pydoc_text().encode(), dtype=np.uint8).astype(np.int64))
     cut = int(len(data) * 0.9)

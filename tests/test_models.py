@@ -6,7 +6,7 @@ import pytest
 import torch
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
-from hf_adaopt.models import (
+from hf_adaopt.lab.models import (
     MODEL_CLASSES,
     BiLSTMAttentionConfig,
     BiLSTMAttentionForSequenceClassification,

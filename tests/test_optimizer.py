@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hf_adaopt import AdaOpt
-from hf_adaopt import optimizer as adaopt_module
+from hf_adaopt.core import optimizer as adaopt_module
 
 # One tolerance for "the foreach path equals the reference" in float64.
 PARITY_ATOL = 1e-10
@@ -405,7 +405,7 @@ def test_a_first_step_without_a_loss_says_how_to_give_one(caplog):
         model = _toy_model()
         opt = AdaOpt(model.parameters())
         caplog.clear()
-        with caplog.at_level("WARNING", logger="hf_adaopt.optimizer"):
+        with caplog.at_level("WARNING", logger="hf_adaopt.core.optimizer"):
             _train(model, opt, x, y, steps=2, feed_loss=feed)
         warned = [r.getMessage() for r in caplog.records if "no loss for the first step" in r.getMessage()]
         assert len(warned) == (0 if feed else 1)  # once, at the first step only

@@ -8,8 +8,9 @@ import pytest
 import torch
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
-from hf_adaopt import AdaOpt, optimizers
-from hf_adaopt.optimizers import available_optimizers, build_optimizer
+from hf_adaopt import AdaOpt
+from hf_adaopt.lab import registry
+from hf_adaopt.lab.registry import available_optimizers, build_optimizer
 
 
 def _problem(seed: int = 0):
@@ -21,8 +22,8 @@ def _problem(seed: int = 0):
 
 
 def test_optimizers_without_a_package_are_always_available():
-    assert set(optimizers.BUILTIN) <= set(available_optimizers())
-    assert "adaopt" in optimizers.BUILTIN
+    assert set(registry.BUILTIN) <= set(available_optimizers())
+    assert "adaopt" in registry.BUILTIN
 
 
 def test_unknown_name_raises_value_error_listing_the_names():
@@ -63,7 +64,7 @@ def test_classes_and_settings():
 def test_training_arguments_reach_the_optimizers_that_take_them(name):
     from types import SimpleNamespace
 
-    spec = optimizers.get(name)
+    spec = registry.get(name)
     args = SimpleNamespace(learning_rate=spec.default_lr, weight_decay=0.01, adam_beta1=0.8, adam_beta2=0.95,
                            adam_epsilon=1e-7)
     model, _, _ = _problem()
@@ -88,19 +89,19 @@ def test_training_arguments_reach_the_optimizers_that_take_them(name):
     ],
 )
 def test_step_size_is_the_step_the_optimizer_applies(name, group, expected):
-    assert optimizers.get(name).step_size(group) == pytest.approx(expected)
+    assert registry.get(name).step_size(group) == pytest.approx(expected)
 
 
 def test_step_size_of_an_optimizer_not_in_the_table_is_its_lr():
     opt = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
-    assert optimizers.step_size(opt, opt.param_groups[0]) == 0.3
+    assert registry.step_size(opt, opt.param_groups[0]) == 0.3
 
 
 def test_every_optimizer_has_one_display_name_used_by_the_reports():
-    labels = [optimizers.label(name) for name in optimizers.OPTIMIZERS]
+    labels = [registry.label(name) for name in registry.OPTIMIZERS]
     assert len(set(labels)) == len(labels) and all(labels)
-    assert optimizers.label("adaopt") == "AdaOpt" and optimizers.label("dadapt") == "D-Adaptation"
-    assert optimizers.label("not-in-the-table") == "not-in-the-table"
+    assert registry.label("adaopt") == "AdaOpt" and registry.label("dadapt") == "D-Adaptation"
+    assert registry.label("not-in-the-table") == "not-in-the-table"
 
 
 def test_param_groups_keep_their_own_weight_decay():
@@ -117,7 +118,7 @@ def test_param_groups_keep_their_own_weight_decay():
 def test_every_available_optimizer_lowers_the_loss(name):
     torch.manual_seed(0)
     model, x, y = _problem()
-    opt = build_optimizer(name, model.parameters(), lr=optimizers.get(name).default_lr if name != "sgd" else 0.05)
+    opt = build_optimizer(name, model.parameters(), lr=registry.get(name).default_lr if name != "sgd" else 0.05)
     if hasattr(opt, "train"):
         opt.train()  # schedule-free: Trainer calls train()/eval() itself
     loss_fn = torch.nn.functional.cross_entropy

@@ -1,4 +1,4 @@
-"""hf_adaopt.report on synthetic comparison results (no training): statistics, files, plots."""
+"""hf_adaopt.lab.report on synthetic comparison results (no training): statistics, files, plots."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from hf_adaopt import analysis, plots, report, results, stats
+from hf_adaopt.lab import analysis, plots, report, results, stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 45

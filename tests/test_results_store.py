@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hf_adaopt import compare, report, results
-from hf_adaopt import run as run_mod
+from hf_adaopt.lab import compare, report, results
+from hf_adaopt.lab import run as run_mod
 
 
 def record(i: int) -> dict:

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from hf_adaopt import compare
-from hf_adaopt import run as run_mod
+from hf_adaopt.lab import compare
+from hf_adaopt.lab import run as run_mod
 
 TINY = ["--num_train_epochs", "1", "--max_train_samples", "64", "--max_eval_samples", "64"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def test_run_config_records_the_command_as_typed_and_counts_one_thread(tmp_path,
 def test_an_hf_adaopt_model_loads_with_the_auto_classes(tmp_path):
     from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
 
-    import hf_adaopt.models as models
+    import hf_adaopt.lab.models as models
 
     mlp = models.MLPForImageClassification(models.MLPConfig(input_dim=64))
     mlp.save_pretrained(tmp_path / "mlp")
@@ -62,8 +62,8 @@ def test_an_hf_adaopt_model_loads_with_the_auto_classes(tmp_path):
 
 def test_the_model_card_usage_snippet_runs(tmp_path):
     """The card says library_name: transformers; its snippet loads the model (a local path stands in for the repo)."""
-    import hf_adaopt.models as models
-    from hf_adaopt.cards import _usage_snippet
+    import hf_adaopt.lab.models as models
+    from hf_adaopt.lab.cards import _usage_snippet
 
     model = models.MLPForImageClassification(models.MLPConfig(input_dim=64))
     model.save_pretrained(tmp_path / "repo")
@@ -102,7 +102,7 @@ def test_transformers_verbosity_reaches_the_package_loggers(module, caplog):
             logger.warning("heard")
     finally:
         transformers.logging.set_verbosity(before)
-    assert [r.getMessage() for r in caplog.records] == ["heard"], f"{module}: use hf_adaopt.logs.get_logger(__name__)"
+    assert [r.getMessage() for r in caplog.records] == ["heard"], f"{module}: use hf_adaopt.core.logs.get_logger(__name__)"
 
 
 # Declared for a use that is not an import statement in this package.
@@ -151,7 +151,7 @@ def test_identical_curves_stay_visible_and_the_legend_says_so():
     import numpy as np
     from matplotlib.figure import Figure
 
-    from hf_adaopt import analysis, plots
+    from hf_adaopt.lab import analysis, plots
 
     def run(optimizer, seed, accuracies):
         curve = [{"step": 10 * (i + 1), "epoch": i + 1, "eval_accuracy": a} for i, a in enumerate(accuracies)]
@@ -183,7 +183,7 @@ def readme_commands() -> list[str]:
     for line in text.splitlines():
         line = re.sub(r"\s+#\s.*$", "", line.strip())  # a trailing comment
         found += [part.strip() for part in line.split(" & ") if part.strip().startswith("hf-adaopt ")]
-    from hf_adaopt.cli import COMMANDS
+    from hf_adaopt.lab.cli import COMMANDS
 
     # not the quoted error messages; not a loop body, whose $variables are meant to expand
     return sorted({c for c in found if c.split()[1] in COMMANDS and "$" not in c})

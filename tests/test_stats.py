@@ -1,4 +1,4 @@
-"""hf_adaopt.stats against known answers: scipy's reference implementations and hand-computed examples."""
+"""hf_adaopt.lab.stats against known answers: scipy's reference implementations and hand-computed examples."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from hf_adaopt import stats
+from hf_adaopt.lab import stats
 
 # Two small samples with unequal variances and sizes (no ties between them).
 A = [0.912, 0.934, 0.921, 0.945, 0.917, 0.929]

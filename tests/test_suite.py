@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from hf_adaopt import suite, suite_analysis, suite_report
-from hf_adaopt.optimizers import available_optimizers
-from hf_adaopt.tasks import offline_data
+from hf_adaopt.lab import suite, suite_analysis, suite_report
+from hf_adaopt.lab.registry import available_optimizers
+from hf_adaopt.lab.tasks import offline_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPIC_WORDS = {
@@ -39,7 +39,7 @@ def fortunes_dir(tmp_path, monkeypatch):
 
 def run_cli(*args, env=None, timeout=600):
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "hf_adaopt.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hf_adaopt.lab.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)
 
 
@@ -255,7 +255,7 @@ COMMITTED = os.path.join(REPO, "model_cards", "results", "suite")
 @pytest.mark.parametrize("path,block", [(p, b) for p, names in suite_report.README_BLOCKS.items() for b in names])
 def test_readme_blocks_are_the_committed_results(path, block):
     """Every number in the READMEs' results, ablation, step-cost and workload blocks is re-rendered from the
-    committed files under model_cards/results/ (`python -m hf_adaopt.suite_report --update_readme` rewrites them)."""
+    committed files under model_cards/results/ (`python -m hf_adaopt.lab.suite_report --update_readme` rewrites them)."""
     rendered = suite_report.readme_blocks(os.path.join(REPO, "model_cards", "results"))[block]
     readme = open(os.path.join(REPO, path), encoding="utf-8").read()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"

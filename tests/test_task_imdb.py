@@ -11,9 +11,9 @@ import text_task_fixtures as fixtures
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import AutoTokenizer, TrainingArguments
 
-from hf_adaopt import optimizers
-from hf_adaopt.tasks import imdb
-from hf_adaopt.tasks.base import TaskArguments
+from hf_adaopt.lab import registry
+from hf_adaopt.lab.tasks import imdb
+from hf_adaopt.lab.tasks.base import TaskArguments
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_subsets_are_random_so_a_label_sorted_split_keeps_both_classes(tmp_path)
 
 
 def test_prepare_builds_padded_batches_and_a_bilstm_sized_to_the_vocabulary(imdb_files, tmp_path):
-    from hf_adaopt.models import BiLSTMAttentionForSequenceClassification
+    from hf_adaopt.lab.models import BiLSTMAttentionForSequenceClassification
 
     train, validation = imdb_files
     args = TaskArguments(task="imdb", train_file=train, validation_file=validation, max_seq_length=12)
@@ -127,9 +127,9 @@ def test_tokenizer_name_uses_a_saved_tokenizer(imdb_files, tmp_path, trained_tok
 # ----------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("optimizer", optimizers.BUILTIN)
+@pytest.mark.parametrize("optimizer", registry.BUILTIN)
 def test_imdb_trains_end_to_end_with_each_builtin_optimizer(imdb_files, tmp_path, optimizer):
-    from hf_adaopt.run import OptimizerArguments, run_training
+    from hf_adaopt.lab.run import OptimizerArguments, run_training
 
     train, validation = imdb_files
     output_dir = tmp_path / "out"
@@ -153,7 +153,7 @@ def test_imdb_trains_end_to_end_with_each_builtin_optimizer(imdb_files, tmp_path
 
 def test_imdb_fixture_is_learnable(imdb_files, tmp_path):
     """The generated reviews carry signal through tokenizer, collator and model: accuracy well above chance."""
-    from hf_adaopt.run import OptimizerArguments, run_training
+    from hf_adaopt.lab.run import OptimizerArguments, run_training
 
     train, validation = imdb_files
     task_args = TaskArguments(task="imdb", train_file=train, validation_file=validation, max_seq_length=32)
@@ -167,8 +167,8 @@ def test_imdb_fixture_is_learnable(imdb_files, tmp_path):
 def test_saved_model_and_tokenizer_reload_and_agree(imdb_files, tmp_path):
     import torch
 
-    from hf_adaopt.models import BiLSTMAttentionForSequenceClassification
-    from hf_adaopt.run import OptimizerArguments, run_training
+    from hf_adaopt.lab.models import BiLSTMAttentionForSequenceClassification
+    from hf_adaopt.lab.run import OptimizerArguments, run_training
 
     train, validation = imdb_files
     output_dir = tmp_path / "out"

@@ -10,9 +10,9 @@ import text_task_fixtures as fixtures
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import TrainingArguments
 
-from hf_adaopt.tasks import squad
-from hf_adaopt.tasks.base import DataUnavailableError, TaskArguments
-from hf_adaopt.tasks.squad_metric import exact_match_score, f1_score, normalize_answer, squad_metrics
+from hf_adaopt.lab.tasks import squad
+from hf_adaopt.lab.tasks.base import DataUnavailableError, TaskArguments
+from hf_adaopt.lab.tasks.squad_metric import exact_match_score, f1_score, normalize_answer, squad_metrics
 
 MAX_SEQ_LENGTH = 64
 DOC_STRIDE = 16
@@ -229,7 +229,7 @@ def test_qa_trainer_refuses_settings_that_split_the_logits(tmp_path, tiny_bert):
 
 @pytest.mark.parametrize("optimizer", ["adaopt", "adam"])
 def test_squad_trains_end_to_end_and_reports_em_f1_accuracy(tmp_path, tiny_bert, optimizer):
-    from hf_adaopt.run import OptimizerArguments, run_training
+    from hf_adaopt.lab.run import OptimizerArguments, run_training
 
     train, validation = fixtures.write_squad(str(tmp_path))
     task_args = TaskArguments(

@@ -15,9 +15,9 @@ from fixtures.net import free_port
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 from transformers import TrainingArguments
 
-from hf_adaopt.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task, load_raw_datasets
-from hf_adaopt.tasks import cifar10 as cifar10_task
-from hf_adaopt.tasks.base import image_to_array
+from hf_adaopt.lab.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task, load_raw_datasets
+from hf_adaopt.lab.tasks import cifar10 as cifar10_task
+from hf_adaopt.lab.tasks.base import image_to_array
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,7 +226,7 @@ def test_cifar10_model_names(tmp_path, training_args):
 
 
 def test_model_name_or_path_loads_a_saved_model_or_names_the_offline_options(tmp_path, training_args, monkeypatch):
-    from hf_adaopt.models import MLPConfig, MLPForImageClassification
+    from hf_adaopt.lab.models import MLPConfig, MLPForImageClassification
 
     saved = MLPForImageClassification(MLPConfig(input_dim=64))
     saved.save_pretrained(tmp_path / "saved")

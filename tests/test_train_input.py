@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hf_adaopt import run
+from hf_adaopt.lab import run
 
 TINY = ["--task", "digits", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "64"]
 

@@ -14,7 +14,7 @@ from fixtures.image_fixtures import write_image_dataset
 from fixtures.net import free_port
 from fixtures.torch_threads import one_thread  # noqa: F401 (autouse)
 
-from hf_adaopt import optimizers, run
+from hf_adaopt.lab import registry, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "training_scripts", "train.py")
@@ -89,14 +89,14 @@ def test_each_task_trains_through_the_trainer_path(task, optimizer, image_files,
             json.loads((out_dir / "lr_trajectory.json").read_text()))
 
 
-@pytest.mark.parametrize("optimizer", [n for n in optimizers.available_optimizers() if n != "adaopt"])
+@pytest.mark.parametrize("optimizer", [n for n in registry.available_optimizers() if n != "adaopt"])
 def test_every_optimizer_runs_through_the_same_path_at_its_default_lr(optimizer, tmp_path, capsys):
     assert run.main(["--optimizer", optimizer, "--max_steps", "3", "--max_train_samples", "96",
                      "--output_dir", str(tmp_path), *QUIET]) == 0
     report = _printed_report(capsys.readouterr().out)
     assert math.isfinite(report["eval_loss"])
     config = _check_run_dir(tmp_path, optimizer, steps=3)
-    assert config["training_args"]["learning_rate"] == optimizers.get(optimizer).default_lr
+    assert config["training_args"]["learning_rate"] == registry.get(optimizer).default_lr
 
 
 @pytest.mark.parametrize("optimizer", ["adaopt", "adam"])
@@ -156,14 +156,14 @@ def test_bf16_run_on_cpu(tmp_path, capsys):
 
 
 def test_push_to_hub_hands_the_finished_run_to_hub_push_run(tmp_path, monkeypatch):
-    import hf_adaopt.hub
+    import hf_adaopt.lab.hub
 
     calls = []
 
     def fake_push_run(output_dir, repo_id, **kwargs):
         calls.append((repo_id, kwargs, sorted(os.listdir(output_dir))))
 
-    monkeypatch.setattr(hf_adaopt.hub, "push_run", fake_push_run)
+    monkeypatch.setattr(hf_adaopt.lab.hub, "push_run", fake_push_run)
     monkeypatch.setenv("HF_TOKEN", "hf_test")  # the push target is checked before training
     out_dir = tmp_path / "digits-run"
     assert run.main(["--push_to_hub", "--max_steps", "2", "--max_train_samples", "64",
@@ -197,7 +197,7 @@ def test_two_process_cpu_ddp_run_of_train_script(tmp_path):
 
 
 def test_hf_adaopt_train_command(tmp_path, capsys):
-    from hf_adaopt.cli import main as cli_main
+    from hf_adaopt.lab.cli import main as cli_main
 
     assert cli_main(["train", "--max_steps", "1", "--max_train_samples", "32", "--output_dir", str(tmp_path),
                      *QUIET]) == 0
@@ -229,7 +229,7 @@ def test_accelerate_configs_load(name, distributed_type, mixed_precision):
     ],
 )
 def test_bad_command_line_exits_2_with_the_message_not_a_traceback(argv, message, capsys):
-    from hf_adaopt.run import main
+    from hf_adaopt.lab.run import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -238,7 +238,7 @@ def test_bad_command_line_exits_2_with_the_message_not_a_traceback(argv, message
 
 
 def test_invalid_hub_model_id_is_refused_before_training(tmp_path, capsys):
-    from hf_adaopt.run import main
+    from hf_adaopt.lab.run import main
 
     argv = ["--task", "digits", "--output_dir", str(tmp_path / "run"), "--push_to_hub", "--hub_model_id", "user/bad--name"]
     assert main(argv) == 2

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import Trainer, TrainingArguments
 
 from hf_adaopt import AdaOpt, AdaOptCallback
-from hf_adaopt.callback import DIAGNOSTIC_KEYS, unwrap_optimizer
-from hf_adaopt.trainer import adaopt_cls_and_kwargs, create_optimizer_and_scheduler, param_groups
+from hf_adaopt.core.callback import DIAGNOSTIC_KEYS, unwrap_optimizer
+from hf_adaopt.core.trainer import adaopt_cls_and_kwargs, create_optimizer_and_scheduler, param_groups
 
 ADAOPT_KEYS = {f"adaopt/{k}" for k in DIAGNOSTIC_KEYS}
 
@@ -101,7 +101,7 @@ def test_param_groups_skip_frozen_parameters_and_empty_groups():
 def test_adaopt_cls_and_kwargs_rejects_weight_decay_and_warns_on_decaying_schedule(tmp_path, caplog):
     with pytest.raises(TypeError, match="args.weight_decay"):
         adaopt_cls_and_kwargs(_args(tmp_path), weight_decay=0.1)
-    with caplog.at_level("WARNING", logger="hf_adaopt.trainer"):
+    with caplog.at_level("WARNING", logger="hf_adaopt.core.trainer"):
         cls, kwargs = adaopt_cls_and_kwargs(_args(tmp_path, lr_scheduler_type="cosine"), adapt_rate=0.2)
     assert cls is AdaOpt and kwargs["adapt_rate"] == 0.2 and kwargs["lr"] == 1e-2
     assert "constant" in caplog.text

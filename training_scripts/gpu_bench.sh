@@ -24,7 +24,7 @@ for size in 25e6 350e6; do
 done
 python - "$out" <<'PY'
 import glob, json, os, sys
-from hf_adaopt.suite_report import bench_markdown
+from hf_adaopt.lab.suite_report import bench_markdown
 out = sys.argv[1]
 runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "*.json")))]
 with open(os.path.join(out, "gpu_bench.md"), "w") as f:

