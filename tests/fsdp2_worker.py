@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from hf_adaopt import AdaOpt
+from hf_adaopt.core._variants import build as build_variant
 
 STEPS = 80
 
@@ -29,7 +30,7 @@ def main(output_dir: str) -> None:
     fully_shard(model)
     # momentum_noise=False: with the default, this 80-step toy overshoots (the loss oscillates back up; README,
     # known gaps); the test is about sharding, so it runs the controller at its more cautious rate
-    opt = AdaOpt(model.parameters(), lr=1e-3, warmup_steps=5, momentum_noise=False)
+    opt = build_variant(model.parameters(), lr=1e-3, warmup_steps=5, momentum_noise=False)
     g = torch.Generator().manual_seed(100 + rank)  # each rank its own data, hence its own loss
     w = torch.randn(64, 10, generator=torch.Generator().manual_seed(7))
     diagnostics, losses = [], []

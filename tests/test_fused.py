@@ -19,7 +19,8 @@ from torch import nn
 from hf_adaopt import AdaOpt
 from hf_adaopt.core import fused_cpu
 from hf_adaopt.core import fused as fused_module
-from hf_adaopt.core.optimizer import SMALL_TENSOR, SUBSAMPLE_PERIOD
+from hf_adaopt.core.functional import SMALL_TENSOR, SUBSAMPLE_PERIOD
+from hf_adaopt.core._variants import build as build_variant
 
 # fused == reference in float64 (the same bound as foreach == reference in tests/test_optimizer.py)
 PARITY_ATOL = 1e-10
@@ -50,7 +51,7 @@ def _float64_setup(fused):
         {"params": [model.big.bias, model.small.bias, model.unused.bias, *model.frozen.parameters()],
          "weight_decay": 0.0, "lr": 2e-3},
     ]
-    opt = AdaOpt(groups, lr=1e-3, foreach=False, fused=fused, warmup_steps=3, variance_power=0.5)
+    opt = build_variant(groups, lr=1e-3, foreach=False, fused=fused, warmup_steps=3, variance_power=0.5)
     return model, empty, opt
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from hf_adaopt import AdaOpt
-from hf_adaopt.core import optimizer as adaopt_module
+from hf_adaopt.core import functional
+from hf_adaopt.core._variants import build as build_variant
 
 # One tolerance for "the foreach path equals the reference" in float64.
 PARITY_ATOL = 1e-10
@@ -101,7 +102,7 @@ def _parity_setup(foreach):
         {"params": [model.big.bias, model.small.bias, model.unused.bias, *model.frozen.parameters()],
          "weight_decay": 0.0, "lr": 2e-3},
     ]
-    opt = AdaOpt(groups, lr=1e-3, foreach=foreach, warmup_steps=3, variance_power=0.5)  # every factor on
+    opt = build_variant(groups, lr=1e-3, foreach=foreach, warmup_steps=3, variance_power=0.5)  # every factor on
     return model, empty, opt
 
 
@@ -345,7 +346,7 @@ def test_a_loss_spike_halves_the_step_and_caps_it_from_then_on():
     secant's growth would otherwise climb straight back into the step that made the loss spike)."""
     torch.manual_seed(0)
     w = nn.Parameter(5.0 + 3.0 * torch.randn(64))  # far from the minimum: the secant keeps growing the step
-    opt = AdaOpt([w], warmup_steps=2, progress_power=None)  # the loss guard alone (a flat loss allows no growth)
+    opt = build_variant([w], warmup_steps=2, progress_power=None)  # the loss guard alone (a flat loss allows no growth)
     scales = []
     for t in range(40):
         opt.zero_grad()
@@ -367,8 +368,8 @@ def test_the_step_grows_past_its_start_only_as_far_as_the_loss_has_fallen(fall):
     """progress_power 1: however hard the secant pushes, d <= d0 * first loss / recent loss (EMA over beta1)."""
     torch.manual_seed(0)
     w = nn.Parameter(5.0 + 3.0 * torch.randn(64))  # far from the minimum: the secant keeps growing the step
-    free = AdaOpt([w], warmup_steps=2, progress_power=None)
-    held = AdaOpt([nn.Parameter(w.detach().clone())], warmup_steps=2, progress_power=1.0)
+    free = build_variant([w], warmup_steps=2, progress_power=None)
+    held = build_variant([nn.Parameter(w.detach().clone())], warmup_steps=2, progress_power=1.0)
     for opt in (free, held):
         p = opt.param_groups[0]["params"][0]
         for t in range(40):
@@ -388,7 +389,7 @@ def test_initial_decrease_sets_the_first_step_from_the_loss_whatever_the_lr():
     firsts = []
     for lr in (1e-5, 1e-1):
         model = _toy_model()
-        opt = AdaOpt(model.parameters(), lr=lr, initial_decrease=0.03)
+        opt = build_variant(model.parameters(), lr=lr, initial_decrease=0.03)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         l1 = sum(float(p.grad.abs().sum()) for p in model.parameters())
@@ -415,7 +416,7 @@ def test_a_first_step_without_a_loss_says_how_to_give_one(caplog):
 def test_without_a_loss_the_first_step_is_a_fraction_of_the_weights_rms():
     model = _toy_model()
     x, y = _toy_data()
-    opt = AdaOpt(model.parameters(), initial_decrease=0.03, initial_scale=1e-2)
+    opt = build_variant(model.parameters(), initial_decrease=0.03, initial_scale=1e-2)
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()  # no set_loss, no closure: nothing to take Polyak's step from
     matrices = [p for p in model.parameters() if p.dim() >= 2]
@@ -478,8 +479,9 @@ def test_empty_optimizer_step_is_a_no_op():
     ],
 )
 def test_invalid_arguments_name_the_bad_value(kwargs, message):
+    # the private settings (variance_power, initial_decrease, progress_power) are checked by the variants' builder
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        AdaOpt(_toy_model().parameters(), **kwargs)
+        build_variant(_toy_model().parameters(), **kwargs)
 
 
 def test_unknown_keyword_is_a_type_error():
@@ -503,11 +505,11 @@ def test_set_loss_rejects_non_scalars():
 
 def test_subsample_is_a_fixed_sixteenth_of_large_tensors():
     t = torch.arange(10_000.0)
-    sub = adaopt_module._subsample(t)
+    sub = functional.subsample(t)
     assert sub.numel() == (10_000 // 256) * 16
     assert sub[0, :3].tolist() == [0.0, 1.0, 2.0] and sub[1, 0].item() == 256.0
     small = torch.arange(100.0)
-    assert torch.equal(adaopt_module._subsample(small), small)
+    assert torch.equal(functional.subsample(small), small)
 
 
 def test_import_needs_torch_only():
@@ -538,7 +540,7 @@ def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, wei
         return [{"params": [p for p in model.parameters() if p.dim() > 1]},
                 {"params": [p for p in model.parameters() if p.dim() == 1], "weight_decay": 0.0}]
 
-    ada = AdaOpt(groups(model_a), lr=3e-3, weight_decay=weight_decay, adapt_rate=0.0, trust_bounds=False,
+    ada = build_variant(groups(model_a), lr=3e-3, weight_decay=weight_decay, adapt_rate=0.0, trust_bounds=False,
                  loss_spike_threshold=None, initial_scale=None, initial_decrease=None, progress_power=None,
                  foreach=foreach)
     ref = torch.optim.AdamW(groups(model_b), lr=3e-3, weight_decay=weight_decay, foreach=foreach)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from hf_adaopt import AdaOpt
+from hf_adaopt.core._variants import build as build_variant
 
 OPTIMIZERS = {"AdaOpt": AdaOpt, "AdamW": torch.optim.AdamW}
 # Compiled and eager steps may round differently (AdamW's do, by ~1 ulp).
@@ -633,7 +634,8 @@ def test_optimizer_wide_setting_in_a_group_is_refused(setting):
     model = _model()
     key = "betas\\[0\\]" if "betas" in setting else next(iter(setting))
     with pytest.raises(ValueError, match=f"{key}=.* is optimizer-wide"):
-        AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), **setting}], foreach=False)
+        build_variant([{"params": model[0].parameters()}, {"params": model[2].parameters(), **setting}],
+                      foreach=False)
 
 
 def test_group_settings_that_are_per_group_are_accepted():

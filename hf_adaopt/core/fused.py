@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from hf_adaopt.core.logs import get_logger
-from hf_adaopt.core.optimizer import _cast_grads, _subsample
+from hf_adaopt.core.functional import cast_grads, subsample
 
 __all__ = ["FusedUnavailable", "fused_apply", "fused_available", "fused_stats", "with_fallback"]
 
@@ -86,7 +86,7 @@ def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
         s = scalars[:, i].to(m.dtype)
         g = g.to(m.dtype)
         finite = torch.isfinite(g)  # elements with a non-finite gradient are left as they were, and counted
-        g_sub = _subsample(torch.where(finite, g, 0.0))  # ... and count as a zero gradient in the sums
+        g_sub = subsample(torch.where(finite, g, 0.0))  # ... and count as a zero gradient in the sums
         reading.copy_(torch.stack([(g_sub * direction).sum(), (g_sub * g_sub).sum(), pre.reshape(())]))
         m_new = m + s[_ONE_MINUS_BETA1] * (g - m)  # m.lerp_(g, 1 - beta1)
         v_new = v * s[_BETA2] + s[_ONE_MINUS_BETA2] * (g * g)
@@ -96,8 +96,8 @@ def _apply_graph(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
         p.copy_(p_new)
         m.copy_(m_new)
         v.copy_(v_new)
-        m_sub, v_sub, p_sub = _subsample(m_new), _subsample(v_new), _subsample(p_new).to(m.dtype)
-        new_direction = torch.where(_subsample(finite), s[_DIR_C2_C1] * m_sub / (v_sub.sqrt() + s[_EPS_C2]), direction)
+        m_sub, v_sub, p_sub = subsample(m_new), subsample(v_new), subsample(p_new).to(m.dtype)
+        new_direction = torch.where(subsample(finite), s[_DIR_C2_C1] * m_sub / (v_sub.sqrt() + s[_EPS_C2]), direction)
         direction.copy_(new_direction)
         pre.copy_((g_sub * new_direction).sum().reshape(1))
         carried[0].append((m_sub * m_sub).sum().to(scalars.dtype))
@@ -221,7 +221,7 @@ def with_fallback(optimizer, stats_fn, apply_fn):
         carry = optimizer.__dict__.pop("_fused_carry", None)
         if carry is not None and carry.valid_for(tensors):
             return fused_stats(tensors, carry.stats)
-        return stats_fn(_cast_grads(tensors))
+        return stats_fn(cast_grads(tensors))
 
     def apply(tensors: dict, plan: dict) -> None:
         if not getattr(optimizer, "_fused_failed", None):
@@ -232,6 +232,6 @@ def with_fallback(optimizer, stats_fn, apply_fn):
             else:
                 optimizer._fused_carry = _Carry(tensors, carried)
                 return
-        apply_fn(_cast_grads(tensors), plan)
+        apply_fn(cast_grads(tensors), plan)
 
     return stats, apply

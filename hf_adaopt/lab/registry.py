@@ -74,6 +74,7 @@ class OptimizerSpec:
     step_size: Callable[[dict], float] = _lr  # the step size a param group applies
     package: str | None = None  # the distribution of the `peers` extra it needs; None: torch / hf_adaopt
     label: str = ""  # the name tables and plots show; "" = `name`
+    factory: str | None = None  # "module:function" that builds it, when not the class itself
 
     @property
     def display_name(self) -> str:
@@ -89,6 +90,13 @@ class OptimizerSpec:
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.cls.split(":")[0]) is not None
+
+    def load_factory(self) -> Callable:
+        """What builds it: ``factory`` (AdaOpt's takes the private ``variant`` and settings), else the class."""
+        if self.factory is None:
+            return self.load_class()
+        module_name, function = self.factory.split(":")
+        return getattr(importlib.import_module(module_name), function)
 
     def load_class(self) -> type:
         module_name, class_name = self.cls.split(":")
@@ -111,7 +119,9 @@ class OptimizerSpec:
 
 
 SPECS = (
-    OptimizerSpec("adaopt", "hf_adaopt.core.optimizer:AdaOpt", takes_betas=True, takes_eps=True, label="AdaOpt"),
+    # built through the private variants table: --optimizer_kwargs '{"variant": "v4g"}' reruns an ablation row
+    OptimizerSpec("adaopt", "hf_adaopt.core.optimizer:AdaOpt", takes_betas=True, takes_eps=True, label="AdaOpt",
+                  factory="hf_adaopt.core._variants:build"),
     OptimizerSpec("sgd", "torch.optim:SGD", takes_betas=False, takes_eps=False,
                   set_defaults=MappingProxyType({"momentum": SGD_MOMENTUM}), label="SGD (m 0.9)"),
     OptimizerSpec("adam", "torch.optim:Adam", takes_betas=True, takes_eps=True, label="Adam"),
@@ -198,4 +208,4 @@ def build_optimizer(
         kwargs["betas"] = tuple(betas)
     if spec.takes_eps:
         kwargs["eps"] = eps
-    return spec.load_class()(params_or_groups, **{**kwargs, **spec.set_defaults, **kw})
+    return spec.load_factory()(params_or_groups, **{**kwargs, **spec.set_defaults, **kw})
