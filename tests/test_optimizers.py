@@ -28,7 +28,7 @@ def test_optimizers_without_a_package_are_always_available():
 
 def test_unknown_name_raises_value_error_listing_the_names():
     model, _, _ = _problem()
-    with pytest.raises(ValueError, match="Unknown optimizer 'lamb'.*adaopt, sgd, adam"):
+    with pytest.raises(ValueError, match="Unknown optimizer 'lamb'.*adaopt, adaopt-plain, sgd, adam"):
         build_optimizer("lamb", model.parameters(), lr=1e-3)
 
 

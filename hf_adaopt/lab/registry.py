@@ -7,7 +7,8 @@ opt = build_optimizer("sgd", model.parameters(), lr=1e-3)   # or param groups (h
 
 | name           | class                               | what `lr` means                                       |
 |----------------|-------------------------------------|-------------------------------------------------------|
-| `adaopt`       | `hf_adaopt.AdaOpt`                  | initial step size (AdaOpt adapts it) and multiplier    |
+| `adaopt`       | `hf_adaopt.AdaOpt`, fed the loss    | a multiplier of the step AdaOpt sets (and group ratios) |
+| `adaopt-plain` | `hf_adaopt.AdaOpt`, no loss         | the same, as a plain `opt.step()` loop runs it          |
 | `sgd`          | `torch.optim.SGD`, momentum 0.9     | the learning rate                                      |
 | `adam`         | `torch.optim.Adam`                  | the learning rate (weight decay as L2, like torch)    |
 | `adamw`        | `torch.optim.AdamW`                 | the learning rate (decoupled weight decay)             |
@@ -75,6 +76,7 @@ class OptimizerSpec:
     package: str | None = None  # the distribution of the `peers` extra it needs; None: torch / hf_adaopt
     label: str = ""  # the name tables and plots show; "" = `name`
     factory: str | None = None  # "module:function" that builds it, when not the class itself
+    feeds_loss: bool = True  # AdaOpt: the Trainer's AdaOptCallback gives it the loss; False is the plain-loop user
 
     @property
     def display_name(self) -> str:
@@ -122,6 +124,9 @@ SPECS = (
     # built through the private variants table: --optimizer_kwargs '{"variant": "v4g"}' reruns an ablation row
     OptimizerSpec("adaopt", "hf_adaopt.core.optimizer:AdaOpt", takes_betas=True, takes_eps=True, label="AdaOpt",
                   factory="hf_adaopt.core._variants:build"),
+    # the same optimizer as a plain PyTorch loop runs it: opt.step() and nothing else, no loss reaches it
+    OptimizerSpec("adaopt-plain", "hf_adaopt.core.optimizer:AdaOpt", takes_betas=True, takes_eps=True,
+                  label="AdaOpt (no loss)", factory="hf_adaopt.core._variants:build", feeds_loss=False),
     OptimizerSpec("sgd", "torch.optim:SGD", takes_betas=False, takes_eps=False,
                   set_defaults=MappingProxyType({"momentum": SGD_MOMENTUM}), label="SGD (m 0.9)"),
     OptimizerSpec("adam", "torch.optim:Adam", takes_betas=True, takes_eps=True, label="Adam"),
@@ -142,7 +147,9 @@ SPECS = (
 )
 OPTIMIZERS = tuple(spec.name for spec in SPECS)
 _BY_NAME = {spec.name: spec for spec in SPECS}
-_BY_CLASS = {spec.class_name: spec for spec in SPECS}
+_BY_CLASS = {}
+for _spec in SPECS:  # a class listed twice (AdaOpt fed the loss or not) reads its step size the same way
+    _BY_CLASS.setdefault(_spec.class_name, _spec)
 # Optimizers that need no extra package (torch's and AdaOpt).
 BUILTIN = tuple(spec.name for spec in SPECS if spec.package is None)
 # Learning-rate-free peers in the `peers` extra: their `lr` is a multiplier.

@@ -346,7 +346,9 @@ def run_training(
         raise
     except ValueError as exc:  # how the tasks say that their data or options cannot be used; the message says why
         raise DataFileError(str(exc)) from exc
-    callback = AdaOptCallback() if opt_args.optimizer == "adaopt" else LRTrajectoryCallback()
+    spec = registry.get(opt_args.optimizer)
+    callback = (AdaOptCallback(feed_loss=spec.feeds_loss) if spec.class_name == "AdaOpt"
+                else LRTrajectoryCallback())
     optimizer_kwargs = _optimizer_kwargs(opt_args, training_args)
     trainer_cls = setup.trainer_cls or Trainer
     trainer = trainer_cls(
