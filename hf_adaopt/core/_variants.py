@@ -26,12 +26,13 @@ SETTINGS: dict[str, Any] = {
     "trusted_growth": False,  # with symmetric damping, grow at full rate on a reading r >= 1/2
     "signal_scaled_target": True,  # scale the target by the signal share (0 at the noise floor)
     "momentum_noise": True,  # damp by the momentum's signal share rather than one gradient's
+    "tracking": False,  # steer d to the greedy step the reading measured, against the steps it read (not d)
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
     "variance_power": 0.0, "initial_scale": None, "initial_decrease": None, "progress_power": None,
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
-    "signal_scaled_target": False, "momentum_noise": False,
+    "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,

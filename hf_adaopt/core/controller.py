@@ -75,6 +75,8 @@ CONTROLLER_DEFAULTS = {
     "loss_start": None,  # the first step's loss (progress ceiling)
     "loss_fast": 0.0,  # EMA (beta1) of the loss, not bias-corrected (progress ceiling)
     "loss_fast_count": 0,
+    "scale_log_mean": None,  # tracking: EMA (beta1) of log d over the steps the secant EMAs read
+    "scale_lag": None,  # tracking: [d_{t-1}, d_{t-2}]: the reading at step t is about the step taken at t-2
 }
 
 
@@ -209,6 +211,32 @@ def secant_factor(settings: dict, secant_after: float, secant_before: float, t: 
     return ((1.0 - target) / (1.0 - r)) ** (kappa * rate_fraction if damped else kappa)
 
 
+def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction: float,
+                  rate_fraction: float, read: bool) -> tuple[float, dict]:
+    """(d, updates), tracking: the secant EMAs read steps of the (log-)mean size d_bar, so the greedy step they
+    measured is d_bar / (1 - r); d moves towards (1 - r*) times that, by the fraction kappa rho of the log gap per
+    step, growing at most 2x per 1/(1 - beta1) steps (the readings' memory: faster growth outruns them) and
+    shrinking at most 2x per step. ``read``: the secant EMAs took a new reading this step."""
+    beta1 = settings["betas"][0]
+    lag = list(c["scale_lag"] or [d, d])
+    log_mean = c["scale_log_mean"]
+    if read:
+        about = math.log(lag[1])  # the step the new reading is about
+        log_mean = about if log_mean is None else beta1 * log_mean + (1.0 - beta1) * about
+    out = {"scale_log_mean": log_mean}
+    new = d
+    if t > settings["warmup_steps"] and c["secant_before"] != 0.0 and log_mean is not None:
+        target = settings["secant_target"] * (signal_fraction if settings["signal_scaled_target"] else 1.0)
+        r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
+        r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
+        greedy = log_mean + math.log((1.0 - target) / (1.0 - r))
+        move = settings["adapt_rate"] * rate_fraction * (greedy - math.log(d))
+        move = min(max(move, -math.log(2.0)), (1.0 - beta1) * math.log(2.0))
+        new = d * math.exp(move)
+    out["scale_lag"] = [new, lag[0]]
+    return new, out
+
+
 def loss_guard(d: float, loss: float, c: dict, t: int, *, warmup: int, threshold: float) -> tuple[float, dict]:
     """(d, updates): a loss ``threshold`` standard deviations (and LOSS_SPIKE_MIN_RISE) above its running mean halves
     d and sets a ceiling at the halved value (as an lr range test keeps a fraction of the lr at which the loss blew
@@ -315,10 +343,18 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
 
     # The reading is the last step's, summed during the last update on the subsample (norm included): the fused
     # step reads each gradient once, in the update, so nothing of this step's gradient is known before it.
-    c.update(secant_ema(c, t, beta1, math.sqrt(sum(rows["grad_sq"])), sum(rows["after"]), sum(rows["before"])))
-    mu = secant_factor(g0, c["secant_after"], c["secant_before"], t, signal_fraction=signal_fraction,
-                       rate_fraction=rate_fraction)
-    d = c["base_scale"] * mu
+    ema = secant_ema(c, t, beta1, math.sqrt(sum(rows["grad_sq"])), sum(rows["after"]), sum(rows["before"]))
+    read = ema["secant_after"] != c["secant_after"] or ema["secant_before"] != c["secant_before"]
+    c.update(ema)
+    if g0["tracking"]:
+        d, updates = tracked_scale(c["base_scale"], c, t, g0, signal_fraction=signal_fraction,
+                                   rate_fraction=rate_fraction, read=read)
+        c.update(updates)
+        mu = d / c["base_scale"]
+    else:
+        mu = secant_factor(g0, c["secant_after"], c["secant_before"], t, signal_fraction=signal_fraction,
+                           rate_fraction=rate_fraction)
+        d = c["base_scale"] * mu
 
     if has_loss and g0["loss_spike_threshold"] is not None:
         d, updates = loss_guard(d, loss, c, t, warmup=warmup, threshold=g0["loss_spike_threshold"])
