@@ -113,7 +113,7 @@ SEED_LR = 1e-3  # the seed experiment's lr for Adam, SGD, RMSprop
 SWEPT = ("adaopt", "adamw")
 # Each optimizer's "default" cell: what a user gets without a search (None = the package's default lr, 1.0).
 DEFAULT_CELL = {
-    "adaopt": 1e-3, "adamw": 1e-3, "adam": SEED_LR, "sgd": SEED_LR, "rmsprop": SEED_LR,
+    "adaopt": 1e-3, "adaopt-plain": 1e-3, "adamw": 1e-3, "adam": SEED_LR, "sgd": SEED_LR, "rmsprop": SEED_LR,
     "prodigy": None, "dadapt": None, "dog": None, "schedulefree": 2.5e-3, "ppsf": None,
 }
 SCHEDULEFREE_TUNED_LRS = (1e-3, 1e-2)
@@ -123,7 +123,7 @@ def default_cells(optimizers: Sequence[str], lrs: Sequence[float] | None = None)
     """(optimizer, initial lr) cells of one workload and seed. `lrs` replaces the two sweeps' lrs."""
     cells = []
     for name in optimizers:
-        if name == "adaopt":
+        if name in ("adaopt", "adaopt-plain"):
             cells += [(name, lr) for lr in (lrs or ADAOPT_LRS)]
         elif name == "adamw":
             cells += [(name, lr) for lr in (lrs or ADAMW_LRS)]
@@ -167,7 +167,7 @@ def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.
         # The hash covers what the run is told (task, workload settings, extra options), not the parsed
         # dataclasses, so that a new TrainingArguments field in a later transformers does not rerun the suite.
         config = {"task": workload.task, "args": args}
-        if spec.optimizer == "adaopt":
+        if spec.optimizer in ("adaopt", "adaopt-plain"):
             config["adaopt_source"] = adaopt_hash
         chash = results.config_hash(config)
         lr = "default" if spec.lr is None else f"{spec.lr:g}"
