@@ -128,3 +128,11 @@ def test_step_sizes_scale_each_tensor_by_its_groups_lr_ratio():
     assert plan["decays"] == pytest.approx([0.002, 0.0, 0.0])
     assert plan["dir_weights"] == pytest.approx([1.0, 0.0, 1.0])
     assert plan["eps"] == [1e-8, 1e-6, 1e-8]
+
+
+def test_cooldown_decays_linearly_to_zero_over_the_last_fifth_of_a_known_horizon():
+    assert [ctl.cooldown_factor(t, 10) for t in (1, 8, 9, 10)] == [1.0, 1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+    assert ctl.cooldown_factor(10**6, None) == 1.0
+    factors = [ctl.cooldown_factor(t, 1000) for t in range(1, 1001)]
+    assert factors[799] == 1.0 and factors[800] < 1.0 and factors[-1] == pytest.approx(1 / 201)
+    assert all(a >= b for a, b in zip(factors, factors[1:]))

@@ -549,3 +549,27 @@ def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, wei
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
     assert ada.diagnostics()["effective_lr"] == 3e-3
+
+
+def test_total_steps_decays_the_applied_step_and_holds_the_controllers():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = AdaOpt(model.parameters(), total_steps=50, foreach=False)
+    lrs, scales = [], []
+    for _ in range(50):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lrs.append(opt.diagnostics()["effective_lr"])
+        scales.append(opt.diagnostics()["base_scale"])
+    assert all(s == scales[39] for s in scales[40:])  # held through the decay
+    assert lrs[40:] == pytest.approx([scales[39] * (50 + 1 - t) / 11 for t in range(41, 51)])
+
+
+def test_total_steps_is_validated():
+    with pytest.raises(ValueError, match="Invalid total_steps value: 0"):
+        AdaOpt(_toy_model().parameters(), total_steps=0)
+    opt = AdaOpt(_toy_model().parameters())
+    with pytest.raises(ValueError, match="Invalid total_steps value: 2.5"):
+        opt.set_total_steps(2.5)

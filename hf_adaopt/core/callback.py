@@ -45,6 +45,8 @@ logger = get_logger(__name__)
 #: Keys of ``AdaOpt.diagnostics()`` that `AdaOptCallback` logs, each as ``LOG_PREFIX + key``.
 DIAGNOSTIC_KEYS = ("effective_lr", "variance_factor", "landscape_factor", "base_scale", "skipped_steps", "loss_spikes")
 LOG_PREFIX = "adaopt/"
+# Trainer schedules that leave the decay to AdaOpt (with a known horizon)
+_CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
 TRAJECTORY_FILE = "lr_trajectory.json"
 # Per-step trajectory entries of AdaOptCallback beside "step" and "lr" (= effective lr).
 _ADAOPT_TRAJECTORY_KEYS = ("variance_factor", "landscape_factor", "base_scale")
@@ -165,15 +167,21 @@ class AdaOptCallback(TrajectoryCallback):
       ``variance_factor``, ``landscape_factor``, ``base_scale``; written to ``<output_dir>/lr_trajectory.json``
       at the end of training and kept across checkpoint resume.
 
+    * Horizon: when the Trainer's schedule is constant, the Trainer's ``max_steps`` goes to
+      ``optimizer.set_total_steps`` at the start of training (unless the optimizer has a ``total_steps`` already),
+      so that AdaOpt decays its step over the last 20% of the run. Another schedule is in charge of the decay itself.
+
     Args:
         feed_loss: capture the training loss and give it to the optimizer (default True).
+        horizon: hand the Trainer's ``max_steps`` to the optimizer (default True).
     """
 
     trajectory_keys = ("step", "lr", *_ADAOPT_TRAJECTORY_KEYS)
 
-    def __init__(self, feed_loss: bool = True):
+    def __init__(self, feed_loss: bool = True, horizon: bool = True):
         super().__init__()
         self.feed_loss = feed_loss
+        self.horizon = horizon
         self._hook = None
         self._loss_sum: torch.Tensor | None = None  # detached, on the model's device
         self._n_micro = 0
@@ -182,7 +190,7 @@ class AdaOptCallback(TrajectoryCallback):
 
     def state(self) -> dict:
         out = super().state()
-        out["args"] = {"feed_loss": self.feed_loss}
+        out["args"] = {"feed_loss": self.feed_loss, "horizon": self.horizon}
         return out
 
     # -------------------------------------------------------------------------------- ordering
@@ -257,6 +265,10 @@ class AdaOptCallback(TrajectoryCallback):
                 f"AdaOptCallback needs an AdaOpt optimizer (with set_loss and diagnostics), got "
                 f"{type(inner).__name__}; use TrajectoryCallback to record the lr of other optimizers."
             )
+        schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        if (self.horizon and inner is not None and state.max_steps and state.max_steps > 0
+                and schedule in _CONSTANT_SCHEDULES and inner.param_groups[0].get("total_steps") is None):
+            inner.set_total_steps(int(state.max_steps))
         self._remove_hook()
         self._reset_window()
         if self.feed_loss and model is not None:

@@ -50,6 +50,11 @@ LOSS_SPIKE_MIN_RISE = 0.1
 # Multiplier applied to the base scale when the loss spikes.
 LOSS_SPIKE_BACKOFF = 0.5
 
+# The share of a known horizon (``total_steps``) over which the step decays linearly to 0, the controller's step
+# held: a warmup-stable-decay schedule (Hagele et al. 2024 find 10-20% of the run at its end does what a cosine
+# does; the decay at the end does the work).
+COOLDOWN_FRACTION = 0.2
+
 NUM_STATS = len(STAT_ROWS)
 
 # The controller's running numbers: one set for the optimizer, a copy in every param group (for logging and
@@ -237,6 +242,18 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
     return new, out
 
 
+def cooldown_factor(t: int, total_steps: int | None) -> float:
+    """The decay multiplier of step t (1-based) of ``total_steps``: 1, then linear to 0 over the last
+    COOLDOWN_FRACTION of the steps (at step total_steps it is 1 / (decay steps + 1), never 0)."""
+    if not total_steps:
+        return 1.0
+    decay = max(1, round(COOLDOWN_FRACTION * total_steps))
+    start = total_steps - decay
+    if t <= start:
+        return 1.0
+    return max(total_steps + 1 - t, 1) / (decay + 1)
+
+
 def loss_guard(d: float, loss: float, c: dict, t: int, *, warmup: int, threshold: float) -> tuple[float, dict]:
     """(d, updates): a loss ``threshold`` standard deviations (and LOSS_SPIKE_MIN_RISE) above its running mean halves
     d and sets a ceiling at the halved value (as an lr range test keeps a fraction of the lr at which the loss blew
@@ -346,7 +363,10 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     ema = secant_ema(c, t, beta1, math.sqrt(sum(rows["grad_sq"])), sum(rows["after"]), sum(rows["before"]))
     read = ema["secant_after"] != c["secant_after"] or ema["secant_before"] != c["secant_before"]
     c.update(ema)
-    if g0["tracking"]:
+    anneal = cooldown_factor(t, g0.get("total_steps"))
+    if anneal < 1.0:  # the decay: the controller's step is held, the decay scales what is applied
+        d, mu = c["base_scale"], 1.0
+    elif g0["tracking"]:
         d, updates = tracked_scale(c["base_scale"], c, t, g0, signal_fraction=signal_fraction,
                                    rate_fraction=rate_fraction, read=read)
         c.update(updates)
@@ -371,9 +391,9 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     d = min(max(d, MIN_BASE_SCALE), MAX_BASE_SCALE)
     c["base_scale"], c["landscape_factor"], c["variance_factor"] = d, mu, signal_fraction
 
-    plan = step_sizes(groups, tensors["group_index"], d, phis, c["reference_lr"])
+    plan = step_sizes(groups, tensors["group_index"], d * anneal, phis, c["reference_lr"])
     for group in groups:
         group.update(c)
         s = group["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 0.0
-        group["effective_lr"] = s * d  # the gate's numel-weighted mean is 1
+        group["effective_lr"] = s * d * anneal  # the gate's numel-weighted mean is 1
     return plan

@@ -118,6 +118,10 @@ class AdaOpt(Optimizer):
         loss_spike_threshold: standard deviations above the running mean of the training loss that count
             as a spike (the base scale is halved, then the guard rests for ``warmup_steps``). ``None``
             disables the loss guard.
+        total_steps: the run's length in steps, if known (`AdaOptCallback` sets it from the Trainer's ``max_steps``
+            when the Trainer's schedule is constant; :meth:`set_total_steps` does it in a plain loop). The last
+            ``COOLDOWN_FRACTION`` (20%) of the steps then decay the step linearly to 0 from the size the controller
+            set, which is held through the decay. ``None`` (default): no decay.
         The start (Polyak's step from the first loss, else 1% of the weights' RMS) and the controller's other
             switches are fixed (``hf_adaopt.core._variants.SETTINGS``, chosen by ablation); the ablation rows and
             earlier versions are rebuilt from the private table there (``_variants.build(params, variant=...)``).
@@ -147,6 +151,7 @@ class AdaOpt(Optimizer):
         min_variance_factor: float = 0.1,
         warmup_steps: int | None = None,
         loss_spike_threshold: float | None = 4.0,
+        total_steps: int | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -171,6 +176,7 @@ class AdaOpt(Optimizer):
             raise ValueError(f"Invalid warmup_steps value: {warmup_steps!r} (expected an int >= 0)")
         if loss_spike_threshold is not None and not loss_spike_threshold > 0.0:
             raise ValueError(f"Invalid loss_spike_threshold value: {loss_spike_threshold} (expected > 0 or None)")
+        _check_total_steps(total_steps)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -180,6 +186,7 @@ class AdaOpt(Optimizer):
             min_variance_factor=min_variance_factor,
             warmup_steps=warmup_steps,
             loss_spike_threshold=loss_spike_threshold,
+            total_steps=total_steps,
             **_variants.SETTINGS,
             foreach=foreach,
             fused=fused,
@@ -214,6 +221,7 @@ class AdaOpt(Optimizer):
             group.setdefault("base_lr", group["lr"])
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
+            group.setdefault("total_steps", None)
             for key, value in _variants.BEFORE_SETTING.items():
                 group.setdefault(key, value)  # checkpoints from before these settings existed
             for key, value in CONTROLLER_DEFAULTS.items():
@@ -249,6 +257,17 @@ class AdaOpt(Optimizer):
         elif loss is not None:
             loss = float(loss)
         self._pending_loss = loss
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Tell AdaOpt how many steps the run will take (`AdaOptCallback` hands over the Trainer's ``max_steps``).
+
+        The last ``COOLDOWN_FRACTION`` of them decay the step linearly to 0 from the size the controller reached (a
+        warmup-stable-decay schedule whose stable step AdaOpt sets itself). ``None``: no decay.
+        """
+        _check_total_steps(total_steps)
+        self.defaults["total_steps"] = total_steps
+        for group in self.param_groups:
+            group["total_steps"] = total_steps
 
     def diagnostics(self) -> dict[str, float]:
         """What the last step did: effective lr, its factors and the counters (read, not recomputed)."""
@@ -423,10 +442,9 @@ class AdaOpt(Optimizer):
 # What AdaOpt refuses up front
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
-OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial_scale", "initial_decrease",
-                  "progress_power", "secant_target",
-                  "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "momentum_noise",
-                  "foreach", "fused")
+OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "total_steps", "initial_scale",
+                  "initial_decrease", "progress_power", "secant_target", "trust_bounds", "symmetric_damping",
+                  "trusted_growth", "signal_scaled_target", "momentum_noise", "tracking", "foreach", "fused")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -439,6 +457,11 @@ def _check_lr(lr: Any) -> None:
                          "host every step; pass a Python float")
     if not 0.0 <= lr < math.inf:  # also refuses nan
         raise ValueError(f"Invalid learning rate: {lr} (expected a finite lr >= 0)")
+
+
+def _check_total_steps(total_steps: Any) -> None:
+    if total_steps is not None and not (isinstance(total_steps, int) and total_steps > 0):
+        raise ValueError(f"Invalid total_steps value: {total_steps!r} (expected an int > 0, or None for no decay)")
 
 
 def _check_state_dict(groups: list[dict], state_dict: dict[str, Any]) -> None:
