@@ -573,3 +573,40 @@ def test_total_steps_is_validated():
     opt = AdaOpt(_toy_model().parameters())
     with pytest.raises(ValueError, match="Invalid total_steps value: 2.5"):
         opt.set_total_steps(2.5)
+
+
+@pytest.mark.parametrize("feed_loss", [True, False], ids=["fed", "plain"])
+def test_a_frozen_group_counts_for_nothing_in_the_start(feed_loss):
+    """Body at lr 0 under a head at 1e-3 starts where the head alone starts: only what moves sets the first step."""
+    x, y = _toy_data()
+    starts = []
+    for with_body in (True, False):
+        model = _toy_model()
+        head = list(model[4].parameters())
+        body = [p for m in (model[0], model[2]) for p in m.parameters()]
+        groups = ([{"params": body, "lr": 0.0}] if with_body else []) + [{"params": head, "lr": 1e-3}]
+        opt = AdaOpt(groups, foreach=False)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if not with_body:
+            for p in body:
+                p.grad = None
+        if feed_loss:
+            opt.set_loss(loss)
+        opt.step()
+        starts.append(opt.diagnostics()["base_scale"])
+    assert starts[0] == pytest.approx(starts[1], rel=1e-12)
+
+
+def test_a_group_at_a_tenth_of_the_lr_counts_a_tenth_in_polyaks_start():
+    x, y = _toy_data()
+    model = _toy_model()
+    body = [p for m in (model[0], model[2]) for p in m.parameters()]
+    head = list(model[4].parameters())
+    opt = AdaOpt([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}], foreach=False)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    l1 = 0.1 * sum(p.grad.abs().sum() for p in body) + sum(p.grad.abs().sum() for p in head)
+    opt.set_loss(loss)
+    opt.step()
+    assert opt.diagnostics()["base_scale"] == pytest.approx(0.03 * loss.item() / l1.item(), rel=1e-5)

@@ -346,7 +346,15 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     p2 = sum(rows["param_sq"][i] for i in matrices)
     n2 = float(sum(tensors["directions"][i].numel() for i in matrices))
     if c["base_scale"] is None:
-        c["base_scale"] = initial_scale(g0, c["reference_lr"], p2, n2, loss if has_loss else None, sum(l1))
+        # Each tensor counts in proportion to its group's lr ratio (a frozen group, lr 0, for nothing): the first
+        # step moves a tensor by ratio * d, so its first-order decrease is d * sum(ratio * |g|_1).
+        ratios = [groups[gi]["base_lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 1.0
+                  for gi in tensors["group_index"]]
+        counted = [i for i in matrices if ratios[i] > 0.0] or [i for i in range(n) if ratios[i] > 0.0] or matrices
+        wp2 = sum(ratios[i] * rows["param_sq"][i] for i in counted)
+        wn2 = float(sum(ratios[i] * tensors["directions"][i].numel() for i in counted))
+        wl1 = sum(ratios[i] * l1[i] for i in range(len(l1)))
+        c["base_scale"] = initial_scale(g0, c["reference_lr"], wp2, wn2, loss if has_loss else None, wl1)
     c["meta_step"] += 1
     t = c["meta_step"]
 
