@@ -220,8 +220,8 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
                   rate_fraction: float, read: bool) -> tuple[float, dict]:
     """(d, updates), tracking: the secant EMAs read steps of the (log-)mean size d_bar, so the greedy step they
     measured is d_bar / (1 - r); d moves towards (1 - r*) times that, by the fraction kappa rho of the log gap per
-    step, growing at most 2x per 1/(1 - beta1) steps (the readings' memory: faster growth outruns them) and
-    shrinking at most 2x per step. ``read``: the secant EMAs took a new reading this step."""
+    step, growing at most ``window_growth`` (2x) per 1/(1 - beta1) steps (the readings' memory: faster growth
+    outruns them) and shrinking at most 2x per step. ``read``: the secant EMAs took a new reading this step."""
     beta1 = settings["betas"][0]
     lag = list(c["scale_lag"] or [d, d])
     log_mean = c["scale_log_mean"]
@@ -236,7 +236,7 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
         greedy = log_mean + math.log((1.0 - target) / (1.0 - r))
         move = settings["adapt_rate"] * rate_fraction * (greedy - math.log(d))
-        move = min(max(move, -math.log(2.0)), (1.0 - beta1) * math.log(2.0))
+        move = min(max(move, -math.log(2.0)), (1.0 - beta1) * math.log(settings["window_growth"]))
         new = d * math.exp(move)
     out["scale_lag"] = [new, lag[0]]
     return new, out
