@@ -82,6 +82,7 @@ CONTROLLER_DEFAULTS = {
     "loss_fast_count": 0,
     "scale_log_mean": None,  # tracking: EMA (beta1) of log d over the steps the secant EMAs read
     "scale_lag": None,  # tracking: [d_{t-1}, d_{t-2}]: the reading at step t is about the step taken at t-2
+    "ramp_done": False,  # tracking with ramp: the reading stopped being linear
 }
 
 
@@ -230,7 +231,14 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
         log_mean = about if log_mean is None else beta1 * log_mean + (1.0 - beta1) * about
     out = {"scale_log_mean": log_mean}
     new = d
-    if t > settings["warmup_steps"] and c["secant_before"] != 0.0 and log_mean is not None:
+    if (settings["ramp"] and t <= settings["warmup_steps"] and read and c["secant_before"] > 0.0
+            and not c["ramp_done"]):
+        # an lr range test while the EMAs fill: double while the loss is still linear along the step
+        if c["secant_after"] / c["secant_before"] >= TRUSTED_GROWTH_R:
+            new = 2.0 * d
+        else:
+            out["ramp_done"] = True
+    elif t > settings["warmup_steps"] and c["secant_before"] != 0.0 and log_mean is not None:
         target = settings["secant_target"] * (signal_fraction if settings["signal_scaled_target"] else 1.0)
         r = c["secant_after"] / c["secant_before"] if c["secant_before"] > 0.0 else SECANT_R_MIN
         r = min(max(r, SECANT_R_MIN), SECANT_R_MAX)
