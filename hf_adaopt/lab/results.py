@@ -70,6 +70,7 @@ RUN_RECORDED_TRAINING_ARGS = (
     "weight_decay",
     "max_grad_norm",
     "lr_scheduler_type",
+    "warmup_steps",  # with the schedule: adamw-cosine's warmup (a fraction of the steps when below 1)
     "world_size",
 )
 

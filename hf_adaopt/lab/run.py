@@ -58,6 +58,14 @@ class OptimizerArguments:
         default=None,
         metadata={"help": "JSON dict of extra constructor arguments, e.g. '{\"d0\": 1e-4}' for prodigy."},
     )
+    body_lr_scale: float | None = field(
+        default=None,
+        metadata={"help": "Discriminative lrs for a fine-tune (textcls): the pretrained body trains at "
+                  "--learning_rate x this factor, the task's new head (textcls: `classifier`) at --learning_rate; "
+                  "0 freezes the body (its group stays in the optimizer at lr 0 and does not move). Two param "
+                  "groups, head first, each split into decay / no-decay as usual. For AdaOpt, whose lr is a "
+                  "multiplier, the factor is the ratio of the two groups' steps. Default: one lr for every weight."},
+    )
 
     def __post_init__(self):
         if self.optimizer not in registry.OPTIMIZERS:
@@ -71,6 +79,8 @@ class OptimizerArguments:
                 raise ValueError(f"--optimizer_kwargs must be a JSON object, got {self.optimizer_kwargs!r}") from exc
         if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
             raise ValueError(f"--optimizer_kwargs must be a JSON object, got {self.optimizer_kwargs!r}")
+        if self.body_lr_scale is not None and not (math.isfinite(self.body_lr_scale) and self.body_lr_scale >= 0):
+            raise ValueError(f"--body_lr_scale must be a finite number >= 0 (0 freezes the body), got {self.body_lr_scale!r}")
 
 
 @dataclass
@@ -206,7 +216,8 @@ def check_launch(training_args) -> None:
 
 
 def seed_defaults(task: str, optimizer: str) -> dict[str, Any]:
-    """The `TrainingArguments` values a run uses when the command line does not set them."""
+    """The `TrainingArguments` values a run uses when the command line does not set them (an optimizer entry's own
+    options, e.g. `adamw-cosine`'s schedule, replace the seed's)."""
     return {
         "output_dir": os.path.join("out", f"{task}-{optimizer}"),
         "learning_rate": registry.get(optimizer).default_lr,
@@ -219,6 +230,7 @@ def seed_defaults(task: str, optimizer: str) -> dict[str, Any]:
         "logging_steps": DEFAULT_LOGGING_STEPS,
         "save_strategy": "no",
         "report_to": "none",
+        **registry.get(optimizer).train_args,
     }
 
 
@@ -292,26 +304,65 @@ def parse_command_line(argv: list[str] | None = None):
     if task_args.train_file or task_args.validation_file:
         check_data_files(task_args)
     check_values(task_args, training_args)
+    if opt_args.body_lr_scale is not None and not head_modules(task_args.task):
+        raise ValueError(f"--body_lr_scale needs a task with a new head to split from its pretrained body (textcls); "
+                         f"--task {task_args.task} has none")
     check_optimizer(opt_args, training_args)
     if training_args.push_to_hub:
         check_push_target(training_args)
     return task_args, opt_args, training_args, output_args
 
 
+def head_modules(task: str) -> tuple[str, ...]:
+    """The names of the modules a task adds on top of a pretrained body (`HEAD_MODULES` of its module; () if none)."""
+    return tuple(getattr(get_task(task), "HEAD_MODULES", ()))
+
+
+def _in_module(name: str, module: str) -> bool:
+    """Whether parameter `name` lies in a submodule called `module` at any depth (`classifier.weight`, or under peft
+    `base_model.model.classifier.modules_to_save.default.weight`, or with an FSDP wrapper's prefix)."""
+    return f".{module}." in f".{name}"
+
+
+def body_head_groups(model, weight_decay: float, head: tuple[str, ...], lr: float, body_lr_scale: float) -> list[dict]:
+    """Param groups for discriminative lrs: the head's (in a module named in `head`) at the optimizer's lr, then the
+    body's at `lr * body_lr_scale`, each split into decay / no-decay like `hf_adaopt.core.trainer.param_groups`.
+    The head comes first: the lr trajectory and AdaOpt's diagnostics read group 0."""
+    from hf_adaopt.core.trainer import decay_parameter_names  # transformers, like the Trainer that calls this
+
+    decay = set(decay_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    is_head = {n: any(_in_module(n, m) for m in head) for n, _ in named}
+    if not any(is_head.values()):
+        raise ValueError(f"--body_lr_scale: the model has no trainable parameter in a module named {' or '.join(head)}")
+    groups = []
+    for in_head, extra in ((True, {}), (False, {"lr": lr * body_lr_scale})):
+        for decayed in (True, False):
+            params = [p for n, p in named if is_head[n] == in_head and (n in decay) == decayed]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0, **extra})
+    return groups
+
+
 class OptimizerFactory:
     """Trainer's optimizer-factory protocol: `Trainer` calls `factory(model, **kwargs)` to build the optimizer.
 
     Gives every optimizer the same decay / no-decay param groups (the Trainer's convention), whatever the
-    distributed setup (the model is the one the Trainer optimizes, FSDP-wrapped or not).
+    distributed setup (the model is the one the Trainer optimizes, FSDP-wrapped or not); with `body_lr_scale`, those
+    groups for the head (the modules named in `head`) and for the body at `lr * body_lr_scale` (`body_head_groups`).
     """
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, *, head: tuple[str, ...] = (), body_lr_scale: float | None = None):
+        self.name, self.head, self.body_lr_scale = name, tuple(head), body_lr_scale
 
     def __call__(self, model, *, lr, weight_decay=0.0, **kwargs):
         from hf_adaopt.core.trainer import param_groups  # transformers, like the Trainer that calls this
 
-        return registry.build_optimizer(self.name, param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
+        if self.body_lr_scale is None:
+            groups = param_groups(model, weight_decay)
+        else:
+            groups = body_head_groups(model, weight_decay, self.head, lr, self.body_lr_scale)
+        return registry.build_optimizer(self.name, groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 def _optimizer_kwargs(opt_args: OptimizerArguments, training_args) -> dict[str, Any]:
@@ -359,7 +410,9 @@ def run_training(
         data_collator=setup.data_collator,
         compute_metrics=setup.compute_metrics,
         processing_class=setup.processing_class,
-        optimizer_cls_and_kwargs=(lambda: OptimizerFactory(opt_args.optimizer), dict(optimizer_kwargs)),
+        optimizer_cls_and_kwargs=(lambda: OptimizerFactory(opt_args.optimizer, head=head_modules(task_args.task),
+                                                           body_lr_scale=opt_args.body_lr_scale),
+                                  dict(optimizer_kwargs)),
         callbacks=[callback],
         **setup.trainer_kwargs,
     )

@@ -68,8 +68,9 @@ def shard_grid(grid: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]
 
 
 def run_argv(spec: RunSpec, passthrough: Sequence[str], run_dir: str, epochs: float | None) -> list[str]:
-    """The `hf-adaopt train` argv of one run."""
-    argv = list(passthrough)
+    """The `hf-adaopt train` argv of one run: `passthrough`, then the optimizer entry's own options (e.g.
+    `adamw-cosine`'s schedule, which so wins over a workload's constant one), then the cell's settings."""
+    argv = [*passthrough, *registry.get(spec.optimizer).train_argv()]
     argv += [
         "--task",
         spec.task,

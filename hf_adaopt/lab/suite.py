@@ -7,13 +7,16 @@
 
 Every workload is a task of `hf-adaopt train` with fixed settings (`WORKLOADS`), on real data that installs
 offline (`hf_adaopt.lab.tasks.offline_data`), trained through the same Trainer path as `train` and `compare`
-(`runner.run_jobs`), with a constant schedule and no warmup. The grid (`default_cells`): AdaOpt from every
-initial lr in 1e-6 ... 1e-1 (one per decade), AdamW over the same range in half decades (its best cell is the
-"best-tuned" baseline), Adam, SGD (momentum 0.9) and RMSprop at the seed's 1e-3, and the learning-rate-free
-peers at their documented defaults (Schedule-Free AdamW at its default 2.5e-3 and at 1e-3 / 1e-2).
+(`runner.run_jobs`), with a constant schedule and no warmup. The default grid (`default_cells`): both AdaOpt rows
+(fed the loss, `adaopt`, and plain, `adaopt-plain`) from 1e-6 and 1e-1 (the lr-freedom check), AdamW over 1e-6 ...
+1e-1 in half decades (its best cell is the "best-tuned" baseline), Adam, SGD (momentum 0.9) and RMSprop at the seed's
+1e-3, and the learning-rate-free peers at their documented defaults (Schedule-Free AdamW at its default 2.5e-3 and at
+1e-3 / 1e-2). Workloads that add one axis to another (clipping, param groups) and the long run list their own cells
+(`Workload.cells`); the long run also runs AdamW on warmup + cosine (`adamw-cosine`) and fewer seeds (`max_seeds`).
+The best-tuned AdamW of a workload is the best cell of either AdamW row.
 
 Runs are resumable (a run in results.jsonl is never run again; an AdaOpt run is keyed by a hash of
-optimizer.py, so a change to the optimizer reruns its cells and only those) and shardable (`--shard I/N`);
+optimizer.py, so a change to the optimizer reruns the cells of both AdaOpt rows and only those) and shardable (`--shard I/N`);
 `--num_proc N` (default: the CPU cores, at most 8; 1 on a GPU) runs N single-threaded shards at once. Options
 this command does not know (e.g. `--max_steps 5`) are passed to every run after the workload's own settings.
 The report (`hf_adaopt.lab.suite_report`) writes results.json, report.md and the plots.
@@ -33,11 +36,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hf_adaopt.lab import compare_args, results, runner
+from hf_adaopt.lab import compare_args, registry, results, runner
 from hf_adaopt.lab.results import SUITE_CONFIG_FILE as CONFIG_FILE
 
 DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
 DEFAULT_SEEDS = 2
+# The grid's version, written to suite_config.json: 2 = both AdaOpt rows at two lrs, the long run, the clipping and
+# param-group workloads (issue 19); results without it are version 1 (AdaOpt fed the loss from six lrs).
+SUITE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class Workload:
     about: str  # why it is in the suite
     data: str  # where the data comes from, and its licence
     model: str
+    # (optimizer, initial lrs) this workload runs instead of the default grid (`default_cells`); () = the default grid
+    cells: tuple[tuple[str, tuple[float | None, ...]], ...] = ()
+    max_seeds: int | None = None  # runs only the first this many seeds of the suite's (None: all of them)
 
 
 # Settings common to every workload: a constant lr, no warmup, one evaluation at the end (the suite's
@@ -59,6 +68,30 @@ COMMON_ARGS = ("--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval
 # The two fine-tunes share their data and budget (40 steps of 16 quotations of 32 tokens: the CPU budget).
 FINETUNE_ARGS = ("--dataset_name", "debian-fortunes", "--max_steps", "40", "--max_seq_length", "32",
                  "--per_device_train_batch_size", "16")
+
+# The lrs of the sweeps: AdaOpt at the two ends of 1e-6 ... 1e-1 (the lr-freedom check: its step does not start at
+# the lr, so its runs are bit-identical from either), AdamW per half decade (its best cell is the "best-tuned" baseline).
+ADAOPT_LRS = (1e-6, 1e-1)
+ADAMW_LRS = tuple(float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 3.16))[:-1]  # 1e-6, 3.16e-6, ..., 1e-1
+SEED_LR = 1e-3  # the seed experiment's lr for Adam, SGD, RMSprop
+SCHEDULEFREE_LR = 2.5e-3  # Schedule-Free AdamW's documented default
+SCHEDULEFREE_TUNED_LRS = (1e-3, 1e-2)
+
+# The cells of the workloads that add one axis to another workload's (clipping, groups): both AdaOpt rows, AdamW over
+# the half decades where the best cell of such a workload can lie, Schedule-Free AdamW at its default.
+def _focused_cells(adamw_lrs: tuple[float, ...]) -> tuple[tuple[str, tuple[float | None, ...]], ...]:
+    return (("adaopt", ADAOPT_LRS), ("adaopt-plain", ADAOPT_LRS), ("adamw", adamw_lrs),
+            ("schedulefree", (SCHEDULEFREE_LR,)))
+
+
+# The long run: AdaOpt's rows at one lr (the short workloads check that the lr does not matter, on the same model),
+# AdamW tuned over lr x {constant, warmup + cosine} around charlm's best (1e-3), Schedule-Free at its default.
+LONG_CELLS = (
+    ("adaopt", (ADAOPT_LRS[-1],)), ("adaopt-plain", (ADAOPT_LRS[-1],)),
+    ("adamw", (3.16e-4, 1e-3, 3.16e-3)), ("adamw-cosine", (1e-3, 3.16e-3, 1e-2)),
+    ("schedulefree", (SCHEDULEFREE_LR,)),
+)
+CHARLM_ARGS = ("--max_seq_length", "64", "--per_device_train_batch_size", "16")
 
 WORKLOADS = {
     w.name: w
@@ -77,11 +110,26 @@ WORKLOADS = {
             "CNN conv32-pool-conv64-pool-fc128 (0.42M params)",
         ),
         Workload(
-            "charlm", "charlm",
-            ("--max_steps", "250", "--max_seq_length", "64", "--per_device_train_batch_size", "16"),
+            "charlm", "charlm", ("--max_steps", "250", *CHARLM_ARGS),
             "bpc", "a transformer LM from scratch: where Adam is the default and its lr matters most; clipping 1.0",
             "CPython's reference prose (pydoc_data/topics.py, PSF-2.0), 418k / 47k characters",
             "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
+        ),
+        Workload(
+            "charlm-noclip", "charlm", ("--max_steps", "250", *CHARLM_ARGS, "--max_grad_norm", "0"),
+            "bpc", "charlm without the Trainer's clipping: clipping as an axis (it moves AdaOpt's first step, fed the "
+            "loss, 7x)",
+            "CPython's reference prose (pydoc_data/topics.py, PSF-2.0), 418k / 47k characters",
+            "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
+            cells=_focused_cells((1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2)),
+        ),
+        Workload(
+            "charlm-long", "charlm", ("--max_steps", "3000", *CHARLM_ARGS),
+            "bpc", "charlm 12x longer: where a greedy step shrinks and practitioners' AdamW wins by a tuned peak lr and "
+            "a decay at the end (AdamW tuned over lr x {constant, warmup + cosine}); clipping 1.0",
+            "CPython's reference prose (pydoc_data/topics.py, PSF-2.0), 418k / 47k characters (2.0 epochs)",
+            "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
+            cells=LONG_CELLS, max_seeds=2,
         ),
         Workload(
             "finetune", "textcls", FINETUNE_ARGS,
@@ -96,6 +144,22 @@ WORKLOADS = {
             "all-MiniLM-L6-v2 frozen + LoRA r=8 on query/value + head (76k trainable params)",
         ),
         Workload(
+            "finetune-discr", "textcls", (*FINETUNE_ARGS, "--body_lr_scale", "0.01"),
+            "accuracy", "the fine-tune with discriminative lrs: the pretrained body at 0.01x the new head's lr (1e-5 "
+            "under 1e-3), AdamW with the same two groups",
+            "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
+            "all-MiniLM-L6-v2 (6-layer BERT, 22M params) + new head, two param groups",
+            cells=_focused_cells(tuple(lr for lr in ADAMW_LRS if lr >= 1e-4)),
+        ),
+        Workload(
+            "finetune-frozen", "textcls", (*FINETUNE_ARGS, "--body_lr_scale", "0"),
+            "accuracy", "the fine-tune with the body frozen at lr 0 in its own group: only the new head moves (a linear "
+            "probe, as a user who freezes by lr gets it: the body's gradients still count in the clipping norm)",
+            "Debian's fortunes (BSD), 4 topics, 1,920 / 480 quotations",
+            "all-MiniLM-L6-v2 (6-layer BERT, 22M params) at lr 0 + new head (1.5k parameters move)",
+            cells=_focused_cells(tuple(lr for lr in ADAMW_LRS if lr >= 1e-4)),
+        ),
+        Workload(
             "bilstm", "imdb",
             ("--dataset_name", "debian-fortunes", "--num_train_epochs", "2", "--max_seq_length", "48",
              "--per_device_train_batch_size", "32", "--max_grad_norm", "0"),
@@ -106,32 +170,48 @@ WORKLOADS = {
     )
 }
 
-# The lrs of the sweeps: AdaOpt one per decade, AdamW per half decade, 1e-6 ... 1e-1.
-ADAOPT_LRS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-ADAMW_LRS = tuple(float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 3.16))[:-1]  # 1e-6, 3.16e-6, ..., 1e-1
-SEED_LR = 1e-3  # the seed experiment's lr for Adam, SGD, RMSprop
-SWEPT = ("adaopt", "adamw")
-# Each optimizer's "default" cell: what a user gets without a search (None = the package's default lr, 1.0).
+SWEPT = ("adaopt", "adaopt-plain", "adamw", "adamw-cosine")  # the rows whose lrs --lrs replaces
+# Each optimizer's "default" cell: what a user gets without a search (None = the package's default lr, 1.0). AdaOpt's
+# is the larger of its two lrs (from either, the same run); adamw-cosine's is AdamW's.
 DEFAULT_CELL = {
-    "adaopt": 1e-3, "adaopt-plain": 1e-3, "adamw": 1e-3, "adam": SEED_LR, "sgd": SEED_LR, "rmsprop": SEED_LR,
-    "prodigy": None, "dadapt": None, "dog": None, "schedulefree": 2.5e-3, "ppsf": None,
+    "adaopt": ADAOPT_LRS[-1], "adaopt-plain": ADAOPT_LRS[-1], "adamw": 1e-3, "adamw-cosine": 1e-3, "adam": SEED_LR,
+    "sgd": SEED_LR, "rmsprop": SEED_LR, "prodigy": None, "dadapt": None, "dog": None, "schedulefree": SCHEDULEFREE_LR,
+    "ppsf": None,
 }
-SCHEDULEFREE_TUNED_LRS = (1e-3, 1e-2)
+# The default grid's lrs per optimizer (the workloads without a `cells` list): adamw-cosine runs only where a workload
+# lists it (charlm-long); the short workloads keep the suite's constant schedule.
+DEFAULT_GRID = {
+    "adaopt": ADAOPT_LRS, "adaopt-plain": ADAOPT_LRS, "adamw": ADAMW_LRS,
+    "schedulefree": tuple(sorted({SCHEDULEFREE_LR, *SCHEDULEFREE_TUNED_LRS})),
+}
 
 
-def default_cells(optimizers: Sequence[str], lrs: Sequence[float] | None = None) -> list[tuple[str, float | None]]:
-    """(optimizer, initial lr) cells of one workload and seed. `lrs` replaces the two sweeps' lrs."""
+def default_cells(optimizers: Sequence[str], lrs: Sequence[float] | None = None,
+                  workload: Workload | None = None) -> list[tuple[str, float | None]]:
+    """(optimizer, initial lr) cells of one workload and seed: the workload's own `cells` list, or the default grid
+    (`DEFAULT_GRID`, else the optimizer's `DEFAULT_CELL`); an optimizer the list lacks does not run there. `lrs`
+    replaces the lrs of the swept rows (`SWEPT`) wherever they run."""
+    table = dict(workload.cells) if workload is not None and workload.cells else None
     cells = []
     for name in optimizers:
-        if name in ("adaopt", "adaopt-plain"):
-            cells += [(name, lr) for lr in (lrs or ADAOPT_LRS)]
-        elif name == "adamw":
-            cells += [(name, lr) for lr in (lrs or ADAMW_LRS)]
-        elif name == "schedulefree":
-            cells += [(name, lr) for lr in sorted({DEFAULT_CELL[name], *SCHEDULEFREE_TUNED_LRS})]
+        if table is not None:
+            chosen = table.get(name, ())
+        elif name in DEFAULT_GRID:
+            chosen = DEFAULT_GRID[name]
+        elif name in DEFAULT_CELL and name not in SWEPT:
+            chosen = (DEFAULT_CELL[name],)
         else:
-            cells.append((name, DEFAULT_CELL[name]))
+            chosen = ()
+        if lrs and name in SWEPT and chosen:
+            chosen = tuple(lrs)
+        cells += [(name, lr) for lr in chosen]
     return cells
+
+
+def workload_seeds(workload: Workload, seeds: Sequence[int]) -> list[int]:
+    """The seeds `workload` runs: the first `max_seeds` of the suite's."""
+    seeds = sorted(seeds)
+    return seeds if workload.max_seeds is None else seeds[: workload.max_seeds]
 
 
 def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds: Sequence[int],
@@ -140,8 +220,11 @@ def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds:
     grid = []
     for seed in sorted(seeds):
         for name in workloads:
-            task = WORKLOADS[name].task
-            grid += [(name, runner.RunSpec(task, opt, seed, lr)) for opt, lr in default_cells(optimizers, lrs)]
+            workload = WORKLOADS[name]
+            if seed not in workload_seeds(workload, seeds):
+                continue
+            grid += [(name, runner.RunSpec(workload.task, opt, seed, lr))
+                     for opt, lr in default_cells(optimizers, lrs, workload)]
     return grid
 
 
@@ -167,8 +250,11 @@ def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.
         # The hash covers what the run is told (task, workload settings, extra options), not the parsed
         # dataclasses, so that a new TrainingArguments field in a later transformers does not rerun the suite.
         config = {"task": workload.task, "args": args}
-        if spec.optimizer in ("adaopt", "adaopt-plain"):
+        if spec.optimizer in registry.ADAOPT_ROWS:
             config["adaopt_source"] = adaopt_hash
+        own = registry.get(spec.optimizer).train_argv()
+        if own:  # an entry's own options (adamw-cosine's schedule): changing them reruns its cells
+            config["optimizer_args"] = own
         chash = results.config_hash(config)
         lr = "default" if spec.lr is None else f"{spec.lr:g}"
         rid = f"{name}-{spec.optimizer}-lr{lr}-seed{spec.seed}-{chash}"
@@ -194,9 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, or 'all' (AdaOpt, AdamW, Adam, SGD, RMSprop and the installed lr-free peers)",
     )
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, default=None, help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS})")
+    seeds.add_argument("--seeds", type=int, default=None,
+                       help=f"run seeds 0..N-1 (default {DEFAULT_SEEDS}); a workload with max_seeds (charlm-long: 2) "
+                       "runs the first ones only")
     seeds.add_argument("--seed_list", default=None, help="explicit comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--lrs", default=None, help="initial lrs of the AdaOpt and AdamW sweeps (default: 1e-6 ... 1e-1)")
+    p.add_argument("--lrs", default=None,
+                   help="initial lrs of the swept rows (both AdaOpt rows, both AdamW rows) wherever they run (default: "
+                   "AdaOpt 1e-6 and 1e-1, AdamW 1e-6 ... 1e-1 in half decades; a workload's own cells elsewhere)")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N interleaved parts")
     p.add_argument(
@@ -323,13 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR), exist_ok=True)
     runner.quiet_libraries()
     grid = build_suite_grid(settings["workloads"], settings["optimizers"], settings["seeds"], settings["lrs"])
+    if not grid:
+        parser.error(f"none of --optimizers {args.optimizers} runs on --workloads {args.workloads} (a workload with "
+                     "its own cell list runs only the optimizers it lists: see hf_adaopt/lab/suite.py)")
     jobs = plan_jobs(grid, output_dir, passthrough)
     shard_index, shard_count = settings["shard"]
     command = "hf-adaopt suite " + shlex.join(argv)
     if shard_count == 1:
         _write_config(output_dir, {
-            "command": command,
-            "workloads": {n: vars(WORKLOADS[n]) | {"args": [*COMMON_ARGS, *WORKLOADS[n].args, *passthrough]}
+            "command": command, "suite_version": SUITE_VERSION,
+            "workloads": {n: vars(WORKLOADS[n]) | {"args": [*COMMON_ARGS, *WORKLOADS[n].args, *passthrough],
+                                                   "seeds": workload_seeds(WORKLOADS[n], settings["seeds"])}
                           for n in settings["workloads"]},
             "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
             "default_cell": DEFAULT_CELL, "passthrough": passthrough,

@@ -1,10 +1,12 @@
 """The numbers of a `hf-adaopt suite` directory (results.jsonl + suite_config.json); `suite_report` renders them.
 
 Per workload: the final metric of every (optimizer, initial lr) cell over seeds (mean, std, bootstrap CI); the
-best-tuned AdamW cell; AdaOpt's gap to it from each initial lr, its worst case and the decades within tolerance
-(1 point of accuracy, 1% of bits per character); every optimizer's rank at its default; steps to a training-loss
-threshold; Welch and Mann-Whitney tests of AdaOpt against each optimizer at its default (Holm-adjusted). Across
-workloads: mean rank at defaults and worst-case gap per optimizer.
+best-tuned AdamW cell (the best of both AdamW rows, `registry.ADAMW_ROWS`: constant lr, and warmup + cosine where it
+ran); each AdaOpt row's (`registry.ADAOPT_ROWS`: fed the loss, and plain) gap to it from each initial lr, its worst
+case and the lrs within tolerance (1 point of accuracy, 1% of bits per character); every optimizer's rank at its
+default; steps to a training-loss threshold; Welch and Mann-Whitney tests of each AdaOpt row against each optimizer
+at its default (Holm-adjusted per row). Across workloads: mean rank at defaults and worst-case gap per optimizer,
+and each AdaOpt row's worst initial lr.
 
 Gaps are signed so that negative is worse than the best-tuned AdamW: accuracy points (mean - best) for
 accuracy, percent ((best - mean) / best x 100) for bits per character.
@@ -135,7 +137,7 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
             "effective_lr_start": _mean([_effective_lr(r, 0) for r in runs]),
             "effective_lr_end": _mean([_effective_lr(r, -1) for r in runs]),
         })
-    adamw = [c for c in cells if c["optimizer"] == "adamw" and math.isfinite(c["mean"])]
+    adamw = [c for c in cells if c["optimizer"] in registry.ADAMW_ROWS and math.isfinite(c["mean"])]
     out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells,
                            "run_seconds": _mean([r.get("elapsed_s") for r in records])}
     if not adamw:
@@ -144,7 +146,8 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
     for c in adamw[1:]:
         if better(c["mean"], best["mean"]):
             best = c
-    out["best_adamw"] = {"lr": best["lr"], "mean": best["mean"], "ci_low": best["ci_low"], "ci_high": best["ci_high"]}
+    out["best_adamw"] = {"optimizer": best["optimizer"], "lr": best["lr"], "mean": best["mean"],
+                         "ci_low": best["ci_low"], "ci_high": best["ci_high"]}
     threshold = THRESHOLD_FACTOR * best["final_train_loss"] if math.isfinite(best["final_train_loss"]) else None
     out["loss_threshold"] = threshold
     by_cell = {(r["optimizer"], r["lr_grid"]): [] for r in records}
@@ -158,14 +161,15 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
             reached = [h for h in hits if h is not None]
             c["steps_to_threshold"] = _mean(reached) if reached else None
             c["reached_threshold"] = f"{len(reached)}/{len(hits)}"
-    ada = [c for c in cells if c["optimizer"] == "adaopt"]
-    if ada:
-        worst = min(ada, key=lambda c: c["gap"])
-        out["adaopt"] = {
-            "lrs": [c["lr"] for c in ada], "gaps": [c["gap"] for c in ada],
-            "worst_lr": worst["lr"], "worst_mean": worst["mean"], "worst_gap": worst["gap"],
-            "decades_within": sum(c["within"] for c in ada), "n_lrs": len(ada),
-        }
+    for row in registry.ADAOPT_ROWS:  # each AdaOpt row's sweep, under its own name (w["adaopt"], w["adaopt-plain"])
+        ada = [c for c in cells if c["optimizer"] == row]
+        if ada:
+            worst = min(ada, key=lambda c: c["gap"])
+            out[row] = {
+                "lrs": [c["lr"] for c in ada], "gaps": [c["gap"] for c in ada],
+                "worst_lr": worst["lr"], "worst_mean": worst["mean"], "worst_gap": worst["gap"],
+                "decades_within": sum(c["within"] for c in ada), "n_lrs": len(ada),
+            }
     # the default cells, ranked (1 = best); ties share the better rank
     defaults = [c for c in cells if c["optimizer"] in default_cell and _same_lr(c["lr"], default_cell[c["optimizer"]])]
     for c in defaults:
@@ -173,27 +177,35 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
     out["defaults"] = [{"optimizer": c["optimizer"], "lr": c["lr"], "mean": c["mean"], "gap": c["gap"],
                         "rank": c["default_rank"]} for c in defaults]
     sf = [c for c in cells if c["optimizer"] == "schedulefree"]
-    if sf:
+    if len(sf) > 1:  # tuned: the best of its lrs, where it ran more than its default
         tuned = sf[0]
         for c in sf[1:]:
             if better(c["mean"], tuned["mean"]):
                 tuned = c
         out["schedulefree_tuned"] = {"lr": tuned["lr"], "mean": tuned["mean"], "gap": tuned["gap"]}
-    # significance: AdaOpt at its default against every other default cell (Welch and MWU, Holm over the tests)
-    ref = next((c for c in defaults if c["optimizer"] == "adaopt"), None)
-    if ref is not None:
-        tests = []
+    # significance: each AdaOpt row at its default against every other default cell (Welch and MWU, Holm over the
+    # tests of that row; the second row is not tested against the first again)
+    tests = []
+    for i, row in enumerate(registry.ADAOPT_ROWS):
+        ref = next((c for c in defaults if c["optimizer"] == row), None)
+        if ref is None:
+            continue
+        family = []
         for c in defaults:
-            if c is ref or not all(math.isfinite(v) for v in c["values"] + ref["values"]):
+            if c is ref or c["optimizer"] in registry.ADAOPT_ROWS[:i]:
+                continue
+            if not all(math.isfinite(v) for v in c["values"] + ref["values"]):
                 continue
             cmp = stats.compare_samples(c["values"], ref["values"])
-            tests.append({"optimizer": c["optimizer"], "lr": c["lr"], "diff": cmp["mean_diff"],
-                          "welch_p": cmp["welch_p"], "mwu_p": cmp["mwu_p"]})
+            family.append({"reference": row, "optimizer": c["optimizer"], "lr": c["lr"], "diff": cmp["mean_diff"],
+                           "welch_p": cmp["welch_p"], "mwu_p": cmp["mwu_p"]})
         for key in ("welch_p", "mwu_p"):
-            ps = [t[key] for t in tests]
+            ps = [t[key] for t in family]
             finite = [p if p is not None and math.isfinite(p) else 1.0 for p in ps]
-            for t, adj in zip(tests, stats.holm(finite) if finite else []):
+            for t, adj in zip(family, stats.holm(finite) if finite else []):
                 t[key + "_holm"] = adj
+        tests += family
+    if tests:
         out["tests"] = tests
     return out
 
@@ -222,8 +234,15 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         s["mean_rank"] = _mean(list(s["ranks"].values()))
         s["worst_gap"] = min(s["gaps"].values())
         s["mean_gap"] = _mean_gap(s["gaps"].values())
-    ada_worst = {n: w["adaopt"]["worst_gap"] for n, w in workloads.items() if "adaopt" in w}
+    # each AdaOpt row's worst initial lr per workload: result["adaopt_worst_gap"], result["adaopt-plain_worst_gap"], ...
+    ada_worst = {}
+    for row in registry.ADAOPT_ROWS:
+        worst = {n: w[row]["worst_gap"] for n, w in workloads.items() if row in w}
+        if worst:
+            ada_worst[f"{row}_worst_gap"] = worst
+            ada_worst[f"{row}_worst_mean_gap"] = _mean_gap(worst.values())
     tuned_sf = [w["schedulefree_tuned"]["gap"] for w in workloads.values() if "schedulefree_tuned" in w]
+    sf_workloads = [w for w in workloads.values() if sum(c["optimizer"] == "schedulefree" for c in w["cells"]) > 1]
     n_runs = sum(w["n_runs"] for w in workloads.values())
     elapsed = sum(r.get("elapsed_s") or 0.0 for r in records)
     return {
@@ -232,6 +251,6 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
         "workloads": workloads, "workload_order": list(workloads), "summary": summary,
-        "adaopt_worst_gap": ada_worst, "adaopt_worst_mean_gap": _mean_gap(ada_worst.values()),
-        "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if len(tuned_sf) == len(workloads) else None,
+        **ada_worst,
+        "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if tuned_sf and len(tuned_sf) == len(sf_workloads) else None,
     }

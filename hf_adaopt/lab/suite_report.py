@@ -71,11 +71,11 @@ def summary_markdown(result: dict) -> str:
                        for n in names],
                      f"{s['mean_rank']:.2f}", f"{s['mean_gap']:+.2f}", f"{s['worst_gap']:+.2f}"])
     ws = result["workloads"]
-    if any("adaopt" in w for w in ws.values()):
-        rows.append(["AdaOpt, worst of its initial lrs", *[
-            (_fmt_gap(ws[n]["adaopt"]["worst_gap"], metric[n]) + f" (lr {_lr(ws[n]['adaopt']['worst_lr'])})")
-            if "adaopt" in ws[n] else "–" for n in names], "", f"{result['adaopt_worst_mean_gap']:+.2f}",
-            f"{min(result['adaopt_worst_gap'].values()):+.2f}"])
+    for row in _adaopt_rows(result):
+        rows.append([f"{registry.label(row)}, worst of its initial lrs", *[
+            (_fmt_gap(ws[n][row]["worst_gap"], metric[n]) + f" (lr {_lr(ws[n][row]['worst_lr'])})")
+            if row in ws[n] else "–" for n in names], "", f"{result[f'{row}_worst_mean_gap']:+.2f}",
+            f"{min(result[f'{row}_worst_gap'].values()):+.2f}"])
     if any("schedulefree_tuned" in w for w in ws.values()):
         rows.append(["Schedule-Free AdamW, best of 1e-3/2.5e-3/1e-2", *[
             (_fmt_gap(ws[n]["schedulefree_tuned"]["gap"], metric[n]) + f" (lr {_lr(ws[n]['schedulefree_tuned']['lr'])})")
@@ -84,50 +84,67 @@ def summary_markdown(result: dict) -> str:
             ""])
     rows.append(["best-tuned AdamW (reference)", *[
         (f"{ws[n]['best_adamw']['mean']:.{2 if metric[n] == 'accuracy' else 3}f}"
-         + ("%" if metric[n] == "accuracy" else " bpc") + f" at {_lr(ws[n]['best_adamw']['lr'])}")
+         + ("%" if metric[n] == "accuracy" else " bpc") + f" at {_best_adamw_cell(ws[n]['best_adamw'])}")
         if "best_adamw" in ws[n] else "–" for n in names], "", "", ""])
     return _table(header, rows)
 
 
+def _adaopt_rows(result: dict) -> list[str]:
+    """The AdaOpt rows (`registry.ADAOPT_ROWS`) that ran on some workload of `result` (committed v1 results: "adaopt")."""
+    return [row for row in registry.ADAOPT_ROWS if any(row in w for w in result["workloads"].values())]
+
+
+def _best_adamw_cell(best: dict) -> str:
+    """Where the best-tuned AdamW is: its lr, and its schedule when it is not the constant row's."""
+    row = best.get("optimizer", "adamw")
+    return _lr(best["lr"]) + ("" if row == "adamw" else f" ({registry.label(row)})")
+
+
 def verdict_lines(result: dict) -> list[str]:
-    """One line per workload on AdaOpt's robustness, in plain words."""
+    """One line per workload and AdaOpt row on AdaOpt's robustness, in plain words."""
     lines = []
     for name, w in result["workloads"].items():
-        a = w.get("adaopt")
-        if not a or "best_adamw" not in w:
-            continue
-        unit = " point" if w["metric"] == "accuracy" else "% of bpc"
-        lines.append(
-            f"- **{name}**: AdaOpt is within {TOLERANCE:g}{unit} of the best-tuned AdamW "
-            f"(lr {_lr(w['best_adamw']['lr'])}) from {a['decades_within']} of its {a['n_lrs']} initial lrs; "
-            f"worst case {_fmt_gap(a['worst_gap'], w['metric'])} at lr {_lr(a['worst_lr'])}."
-        )
+        for row in registry.ADAOPT_ROWS:
+            a = w.get(row)
+            if not a or "best_adamw" not in w:
+                continue
+            unit = " point" if w["metric"] == "accuracy" else "% of bpc"
+            lines.append(
+                f"- **{name}**: {registry.label(row)} is within {TOLERANCE:g}{unit} of the best-tuned AdamW "
+                f"(lr {_best_adamw_cell(w['best_adamw'])}) from {a['decades_within']} of its {a['n_lrs']} initial lrs; "
+                f"worst case {_fmt_gap(a['worst_gap'], w['metric'])} at lr {_lr(a['worst_lr'])}."
+            )
     return lines
 
 
 def adaopt_sweep_markdown(result: dict) -> str:
-    """AdaOpt's final metric from each initial lr, per workload, beside the best-tuned AdamW."""
-    ws = [w for w in result["workloads"].values() if "adaopt" in w and "best_adamw" in w]
+    """Each AdaOpt row's final metric from each initial lr, per workload, beside the best-tuned AdamW."""
+    rows_run = _adaopt_rows(result)
+    ws = [w for w in result["workloads"].values() if any(r in w for r in rows_run) and "best_adamw" in w]
     if not ws:
         return ""
-    lrs = sorted({lr for w in ws for lr in w["adaopt"]["lrs"]})
-    header = ["workload (metric)", *[f"AdaOpt from {_lr(lr)}" for lr in lrs], "best-tuned AdamW", "decades within"]
+    lrs = {row: sorted({lr for w in ws if row in w for lr in w[row]["lrs"]}) for row in rows_run}
+    within = (["decades within"] if len(rows_run) == 1
+              else [f"{registry.label(row)}: lrs within" for row in rows_run])
+    header = ["workload (metric)", *[f"{registry.label(row)} from {_lr(lr)}" for row in rows_run for lr in lrs[row]],
+              "best-tuned AdamW", *within]
     rows = []
     for w in ws:
         digits = 2 if w["metric"] == "accuracy" else 3
-        by_lr = {c["lr"]: c for c in w["cells"] if c["optimizer"] == "adaopt"}
         cells = []
-        for lr in lrs:
-            c = by_lr.get(lr)
-            if c is None or not math.isfinite(c["mean"]):
-                cells.append("–" if c is None else "diverged")
-            else:
-                spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
-                cells.append(f"{c['mean']:.{digits}f}{spread}")
+        for row in rows_run:
+            by_lr = {c["lr"]: c for c in w["cells"] if c["optimizer"] == row}
+            for lr in lrs[row]:
+                c = by_lr.get(lr)
+                if c is None or not math.isfinite(c["mean"]):
+                    cells.append("–" if c is None else "diverged")
+                else:
+                    spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
+                    cells.append(f"{c['mean']:.{digits}f}{spread}")
         best = w["best_adamw"]
         unit = "acc %" if w["metric"] == "accuracy" else "bpc"
-        rows.append([f"{w['name']} ({unit})", *cells, f"{best['mean']:.{digits}f} (lr {_lr(best['lr'])})",
-                     f"{w['adaopt']['decades_within']} of {w['adaopt']['n_lrs']}"])
+        rows.append([f"{w['name']} ({unit})", *cells, f"{best['mean']:.{digits}f} (lr {_best_adamw_cell(best)})",
+                     *[f"{w[row]['decades_within']} of {w[row]['n_lrs']}" if row in w else "–" for row in rows_run]])
     return _table(header, rows)
 
 
@@ -218,11 +235,15 @@ def workload_markdown(w: dict, spec: dict) -> str:
                      ("–" if steps is None else f"{steps:.0f}") + f" ({c.get('reached_threshold', '')})",
                      f"{c['train_time_s']:.1f}", f"{c['lr_cv']:.3f}"])
     lines.append(_table(header, rows))
-    if w.get("tests"):
-        lines += ["", "AdaOpt at its default against each optimizer at its default (difference = other − AdaOpt):",
+    for row in registry.ADAOPT_ROWS:  # tests without a "reference" are v1's, of "adaopt"
+        tests = [t for t in w.get("tests", []) if t.get("reference", "adaopt") == row]
+        if not tests:
+            continue
+        name = registry.label(row)
+        lines += ["", f"{name} at its default against each optimizer at its default (difference = other − {name}):",
                   ""]
         rows = [[registry.label(t["optimizer"]), _lr(t["lr"]), f"{t['diff']:+.3f}",
-                 render.pval(t.get("welch_p_holm")), render.pval(t.get("mwu_p_holm"))] for t in w["tests"]]
+                 render.pval(t.get("welch_p_holm")), render.pval(t.get("mwu_p_holm"))] for t in tests]
         lines.append(_table(["optimizer", "lr", "difference", "p Welch (Holm)", "p MWU (Holm)"], rows))
     return "\n".join(lines)
 
@@ -236,9 +257,11 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         f"Runs: {result['n_runs']} of {result['n_planned']} planned; seeds {result.get('seeds')}; "
         f"{result['run_seconds'] / 60:.1f} min of training runs (summed over processes).", "",
         f"Environment: {env.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
-        "Gaps are to the best-tuned AdamW cell (its best of 11 initial lrs, 1e-6 ... 1e-1 in half decades); "
-        "negative is worse: accuracy points, or percent of bits per character. Ranks are among the optimizers at "
-        "their defaults (1 = best); the mean gap is the mean of a row's gaps, points and percent alike.", "",
+        "Gaps are to the best-tuned AdamW cell (the best of the AdamW rows' initial lrs: 1e-6 ... 1e-1 in half "
+        "decades on the default grid, the workload's own lrs elsewhere, and on a workload that runs it AdamW on "
+        "warmup + cosine too); negative is worse: accuracy points, or percent of bits per character. Ranks are among "
+        "the optimizers at their defaults on that workload (1 = best; workloads with their own cell list run fewer "
+        "optimizers); the mean gap is the mean of a row's gaps, points and percent alike.", "",
         "## Across workloads", "", summary_markdown(result), "", *verdict_lines(result), "",
     ]
     for p in plots:
@@ -312,6 +335,15 @@ def replace_readme_blocks(readme: str, blocks: dict[str, str]) -> str:
 # plots
 
 
+# The swept rows of the sensitivity plot and how they are drawn (the others are lines at their default's value).
+SWEEP_STYLES = {
+    "adaopt": dict(color="black", marker="o", lw=2),
+    "adaopt-plain": dict(color="tab:gray", marker="D", lw=2, ls="--"),
+    "adamw": dict(color="tab:blue", marker="s"),
+    "adamw-cosine": dict(color="tab:cyan", marker="^"),
+}
+
+
 def plot_sensitivity(result: dict, path: str) -> bool:
     """Final metric vs initial lr, one panel per workload: AdaOpt and AdamW sweeps, the others at default."""
     from hf_adaopt.lab.plots import _new_figure
@@ -321,13 +353,13 @@ def plot_sensitivity(result: dict, path: str) -> bool:
         return False
     fig, axes = _new_figure(len(ws), width=5.0, height=3.6)
     for ax, (name, w) in zip(axes, ws.items()):
-        for opt, style in (("adaopt", dict(color="black", marker="o", lw=2)), ("adamw", dict(color="tab:blue", marker="s"))):
+        for opt, style in SWEEP_STYLES.items():
             cs = [c for c in w["cells"] if c["optimizer"] == opt and c["lr"] is not None and math.isfinite(c["mean"])]
             if cs:
                 ax.errorbar([c["lr"] for c in cs], [c["mean"] for c in cs],
                             yerr=[c["std"] if math.isfinite(c["std"]) else 0.0 for c in cs],
                             label=registry.label(opt), capsize=2, **style)
-        others = [c for c in w["cells"] if c["optimizer"] not in ("adaopt", "adamw") and math.isfinite(c["mean"])
+        others = [c for c in w["cells"] if c["optimizer"] not in SWEEP_STYLES and math.isfinite(c["mean"])
                   and c.get("default_rank") is not None]
         for i, c in enumerate(others):
             ax.axhline(c["mean"], ls=":", lw=1, color=f"C{(i + 2) % 10}", label=registry.label(c["optimizer"]))
@@ -346,27 +378,33 @@ def plot_sensitivity(result: dict, path: str) -> bool:
 
 
 def plot_effective_lr(result: dict, records: Sequence[dict], path: str) -> bool:
-    """AdaOpt's effective lr over training from each initial lr (first seed), one panel per workload."""
+    """Each AdaOpt row's effective lr over training from each initial lr (first seed), one panel per workload; the
+    plain row dashed."""
     from hf_adaopt.lab.plots import _new_figure
 
-    names = [n for n in result["workloads"] if any(r.get("workload") == n and r["optimizer"] == "adaopt"
-                                                   for r in records)]
+    def adaopt_runs(name):
+        return [r for r in records if r.get("workload") == name and r["optimizer"] in registry.ADAOPT_ROWS]
+
+    names = [n for n in result["workloads"] if adaopt_runs(n)]
     if not names:
         return False
     fig, axes = _new_figure(len(names), width=5.0, height=3.6)
     for ax, name in zip(axes, names):
-        runs = [r for r in records if r.get("workload") == name and r["optimizer"] == "adaopt"]
+        runs = adaopt_runs(name)
         first_seed = min(r["seed"] for r in runs)
-        runs = sorted((r for r in runs if r["seed"] == first_seed), key=lambda r: r["lr_grid"] or 0.0)
+        runs = sorted((r for r in runs if r["seed"] == first_seed),
+                      key=lambda r: (registry.ADAOPT_ROWS.index(r["optimizer"]), r["lr_grid"] or 0.0))
         for i, r in enumerate(runs):
             traj = r.get("lr_trajectory", {})
             steps, lrs = traj.get("step", []), traj.get("lr", [])
             pts = [(s, v) for s, v in zip(steps, lrs) if v is not None and v > 0 and math.isfinite(v)]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}", label=f"from {_lr(r['lr_grid'])}")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i % 10}",
+                        ls="-" if r["optimizer"] == "adaopt" else "--",
+                        label=f"{registry.label(r['optimizer'])} from {_lr(r['lr_grid'])}")
         best = result["workloads"][name].get("best_adamw")
         if best and best["lr"]:
-            ax.axhline(best["lr"], color="black", ls="--", lw=1, label=f"best AdamW lr {_lr(best['lr'])}")
+            ax.axhline(best["lr"], color="black", ls=":", lw=1, label=f"best AdamW lr {_best_adamw_cell(best)}")
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("AdaOpt effective lr")

