@@ -407,6 +407,10 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     d = min(max(d, MIN_BASE_SCALE), MAX_BASE_SCALE)
     c["base_scale"], c["landscape_factor"], c["variance_factor"] = d, mu, signal_fraction
 
+    if anneal < 1.0 and g0["earned_decay"]:
+        # the decay goes as deep as the gradient is noise: to d * S / (S + N) at the end, McCandlish et al.'s
+        # noise-optimal step (an under-trained run, all signal, keeps its step)
+        anneal = 1.0 - (1.0 - signal_fraction) * (1.0 - anneal)
     plan = step_sizes(groups, tensors["group_index"], d * anneal, phis, c["reference_lr"])
     for group in groups:
         group.update(c)

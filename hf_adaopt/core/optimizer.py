@@ -68,6 +68,14 @@ A step with a non-finite gradient (or statistic) changes nothing -- neither the 
 and is counted in ``skipped_steps``. (The fused step reads the gradient only in its update: it leaves the
 non-finite elements as they were, takes the rest of the step, and counts it at the next step.)
 
+* **Groups**: each tensor counts in the start in proportion to its group's lr ratio (a frozen group, lr 0, for
+  nothing): the first step moves a tensor by ratio x d, so Polyak's decrease is d x sum(ratio |g|_1), and the
+  weights' RMS is weighted the same way.
+* **Horizon**: with ``total_steps`` known (``AdaOpt(total_steps=...)``, :meth:`set_total_steps`, or `AdaOptCallback`
+  from the Trainer's ``max_steps`` under a constant schedule) the last 20% of the steps decay the step linearly to
+  0 from the size the controller set, which is held through the decay: a warmup-stable-decay schedule whose
+  stable step AdaOpt measures (Hagele et al. 2024: the decay at the end does what a cosine does).
+
 Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
 EMAs fill; the secant needs gradients that carry information from one step to the next; Polyak's start and the
 progress ceiling need a positive loss (without one AdaOpt starts at 1% of the weights' RMS, and a model whose
