@@ -191,3 +191,122 @@ def test_gradient_accumulation_feeds_window_mean_and_converges(tmp_path):
     logs = _train_logs(trainer)
     assert logs[-1]["loss"] < 0.75 * logs[0]["loss"]
     assert os.path.exists(tmp_path / "lr_trajectory.json")
+
+
+# ------------------------------------------------------------------------------- schedule overrides: one warning
+RECOMMENDATION = ("AdaOpt reads group['lr'] as a multiplier of the step it adapts and anneals by itself: "
+                  "lr_scheduler_type='constant' without warmup is the recommended setting.")
+
+
+def _schedule_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "hf_adaopt.core.trainer" and r.levelname == "WARNING"]
+
+
+def test_create_optimizer_and_scheduler_says_once_that_it_replaces_the_schedule(tmp_path, caplog):
+    args = _args(tmp_path, lr_scheduler_type="cosine", warmup_steps=10)
+    with caplog.at_level("WARNING", logger="hf_adaopt.core.trainer"):
+        opt, sched = create_optimizer_and_scheduler(TinyClassifier(), args)
+    assert _schedule_warnings(caplog) == [
+        "lr_scheduler_type='cosine', warmup_steps=10: not applied, create_optimizer_and_scheduler returns a constant "
+        "schedule (to keep a schedule, pass your own scheduler in Trainer(optimizers=(optimizer, scheduler))). "
+        + RECOMMENDATION
+    ]
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr() == [1e-2, 1e-2]  # what the warning says: constant
+
+
+def test_adaopt_cls_and_kwargs_says_once_that_the_trainer_applies_the_schedule(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="hf_adaopt.core.trainer"):
+        adaopt_cls_and_kwargs(_args(tmp_path, lr_scheduler_type="cosine", warmup_steps=10))
+        adaopt_cls_and_kwargs(_args(tmp_path, lr_scheduler_type="constant", warmup_steps=5))
+    assert _schedule_warnings(caplog) == [
+        "lr_scheduler_type='cosine', warmup_steps=10: the Trainer builds this schedule and multiplies AdaOpt's "
+        "adapted step by it. " + RECOMMENDATION,
+        "warmup_steps=5: not applied, the Trainer's 'constant' schedule has no warmup and takes no arguments. "
+        + RECOMMENDATION,
+    ]
+
+
+@pytest.mark.parametrize("helper", [create_optimizer_and_scheduler, adaopt_cls_and_kwargs])
+def test_a_constant_schedule_gets_no_warning(helper, tmp_path, caplog):
+    args = _args(tmp_path, lr_scheduler_type="constant")
+    with caplog.at_level("WARNING", logger="hf_adaopt"):
+        helper(TinyClassifier(), args) if helper is create_optimizer_and_scheduler else helper(args)
+    assert _schedule_warnings(caplog) == []
+
+
+# --------------------------------------------------------------------------------- per-group effective lr
+class _GroupSteps:
+    """Records each param group's effective_lr after every optimizer step (what the logs must show)."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def __call__(self, trainer):
+        from transformers import TrainerCallback
+
+        recorder = self
+
+        class Record(TrainerCallback):
+            def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+                groups = unwrap_optimizer(optimizer).param_groups
+                recorder.by_step[state.global_step] = [g["effective_lr"] for g in groups]
+
+        trainer.add_callback(Record())
+        return trainer
+
+
+def _two_lr_trainer(tmp_path, **kw):
+    """A body at 1e-5 (group 0) and a head at 1e-3 (group 1), as for a fine-tune with a new head."""
+    from transformers import get_constant_schedule
+
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    head = list(model.fc2.parameters())
+    body = [p for n, p in model.named_parameters() if not n.startswith("fc2.")]
+    opt = AdaOpt([{"params": body, "lr": 1e-5}, {"params": head, "lr": 1e-3}])
+    args = _args(tmp_path, max_steps=5, logging_steps=1, **kw)
+    trainer = Trainer(model=model, args=args, train_dataset=TinyDataset(64, seed=0), callbacks=[AdaOptCallback()],
+                      optimizers=(opt, get_constant_schedule(opt)))
+    return trainer
+
+
+def test_every_group_whose_lr_differs_logs_its_own_step(tmp_path):
+    recorder = _GroupSteps()
+    trainer = recorder(_two_lr_trainer(tmp_path))
+    trainer.train()
+    logs = _train_logs(trainer)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]
+    for entry in logs:
+        body, head = recorder.by_step[entry["step"]]
+        assert entry["adaopt/effective_lr"] == body  # group 0 keeps today's name
+        assert entry["adaopt/effective_lr/1"] == head
+        assert head == pytest.approx(100 * body, rel=1e-12)  # the lrs' ratio, 1e-3 / 1e-5
+        assert entry["learning_rate"] == 1e-5  # the Trainer's column: group 0's lr, the multiplier
+        assert sorted(k for k in entry if k.startswith("adaopt/")) == sorted(ADAOPT_KEYS | {"adaopt/effective_lr/1"})
+
+
+def test_groups_at_group_0s_lr_log_no_extra_key(tmp_path):
+    trainer = _trainer(_args(tmp_path, max_steps=4, weight_decay=0.1))  # decay / no-decay groups, one lr
+    trainer.train()
+    assert len(unwrap_optimizer(trainer.optimizer).param_groups) == 2
+    for entry in _train_logs(trainer):
+        assert {k for k in entry if k.startswith("adaopt/")} == ADAOPT_KEYS
+
+
+def test_tensorboard_event_file_holds_each_groups_effective_lr(tmp_path):
+    trainer = _two_lr_trainer(tmp_path, report_to=["tensorboard"])
+    trainer.train()
+    scalars = {}
+    for path in glob.glob(str(tmp_path / "runs" / "*" / "events.out.tfevents.*")):
+        acc = EventAccumulator(path)
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    logs = _train_logs(trainer)
+    for key in ("adaopt/effective_lr", "adaopt/effective_lr/1"):
+        assert [s for s, _ in scalars[f"train/{key}"]] == [1, 2, 3, 4, 5]
+        assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx([e[key] for e in logs], rel=1e-6)
+    assert "train/adaopt/effective_lr/0" not in scalars

