@@ -30,13 +30,14 @@ SETTINGS: dict[str, Any] = {
     "window_growth": 2.0,  # tracking: the most d grows over the readings' memory, 1 / (1 - beta1) steps
     "ramp": False,  # tracking: during warmup, double d each step while the reading is clearly linear (r >= 1/2)
     "earned_decay": False,  # the horizon's decay goes to d * S/(S+N) at the end, not to 0
+    "capped_growth": False,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
     "variance_power": 0.0, "initial_scale": None, "initial_decrease": None, "progress_power": None,
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
     "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
-    "window_growth": 2.0, "ramp": False, "earned_decay": False,
+    "window_growth": 2.0, "ramp": False, "earned_decay": False, "capped_growth": False,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,

@@ -390,6 +390,8 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     else:
         mu = secant_factor(g0, c["secant_after"], c["secant_before"], t, signal_fraction=signal_fraction,
                            rate_fraction=rate_fraction)
+        if g0["capped_growth"]:  # the readings lag 1/(1-beta1) steps: grow at most window_growth over that time
+            mu = min(mu, g0["window_growth"] ** (1.0 - beta1))
         d = c["base_scale"] * mu
 
     if has_loss and g0["loss_spike_threshold"] is not None:
