@@ -185,9 +185,9 @@ def test_fused_and_foreach_together_is_a_value_error():
         AdaOpt(nn.Linear(4, 2).parameters(), fused=True, foreach=True)
 
 
-def test_fused_in_a_param_group_is_refused():
+def test_fused_in_a_param_group_other_than_the_optimizers_is_refused():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="fused=True in a param group: fused is optimizer-wide"):
+    with pytest.raises(ValueError, match="fused=True in param group 1: fused is optimizer-wide"):
         AdaOpt([{"params": model[0].parameters()}, {"params": model[1].parameters(), "fused": True}])
 
 

@@ -645,3 +645,45 @@ def test_group_settings_that_are_per_group_are_accepted():
                    "variance_power": 0.5}])
     _train(model, opt, steps=2)
     assert opt.param_groups[1]["betas"] == (0.9, 0.99)
+
+
+# torch's per-group behaviour flags (test_optim's test_param_groups_weight_decay passes its kwargs in every group)
+@pytest.mark.parametrize("flags", [{"foreach": None, "fused": None}, {"maximize": False}, {"capturable": False},
+                                   {"differentiable": False}], ids=lambda f: "-".join(f))
+def test_a_per_group_flag_equal_to_what_adaopt_does_is_accepted(flags):
+    model = _model()
+    opt = AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), "weight_decay": 0.0, **flags}])
+    _train(model, opt, steps=2)
+    assert all(opt.param_groups[1].get(key) is None for key in flags)  # None, or dropped: AdaOpt has no maximize
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_the_optimizers_own_foreach_and_fused_are_accepted_in_every_group(foreach):
+    """As torch's test passes them: the optimizer's kwargs repeated in each group."""
+    model = _model()
+    kwargs = {"foreach": foreach, "fused": False, "maximize": False}
+    opt = AdaOpt([{"params": model[0].parameters(), **kwargs}, {"params": model[2].parameters(), **kwargs}],
+                 foreach=foreach, fused=False)
+    _train(model, opt, steps=2)
+    assert [g["foreach"] for g in opt.param_groups] == [foreach, foreach]
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"foreach": True}, "foreach=True in param group 1: foreach is optimizer-wide .*here None"),
+    ({"fused": False}, "fused=False in param group 1: fused is optimizer-wide .*here None"),
+    ({"maximize": True}, r"maximize=True in param group 1: AdaOpt has no maximize \(only maximize=False"),
+    ({"capturable": True}, "capturable=True in param group 1: AdaOpt has no capturable"),
+    ({"differentiable": True}, "differentiable=True in param group 1: AdaOpt has no differentiable"),
+], ids=lambda s: next(iter(s)) if isinstance(s, dict) else None)
+def test_a_per_group_flag_adaopt_cannot_honour_is_refused_naming_the_group(setting, match):
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), **setting}])
+
+
+def test_add_param_group_names_the_index_the_group_would_have():
+    model = _model()
+    opt = AdaOpt(model[0].parameters())
+    with pytest.raises(ValueError, match="maximize=True in param group 1"):
+        opt.add_param_group({"params": model[2].parameters(), "maximize": True})
+    assert len(opt.param_groups) == 1

@@ -191,13 +191,14 @@ class AdaOpt(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; what AdaOpt cannot honour is refused before the group is added.
 
-        Refused: complex parameters, a Tensor, negative or non-finite ``lr``, and a value of an optimizer-wide
-        setting (``OPTIMIZER_WIDE``, ``betas[0]``) other than the optimizer's. A group added after the first
-        step joins the controller's current state and steps ``base_scale * lr / reference_lr`` against the
-        reference lr fixed at the first step, so its ratio to the other groups' lrs is kept.
+        Refused: complex parameters, a Tensor, negative or non-finite ``lr``, a value of an optimizer-wide
+        setting (``OPTIMIZER_WIDE``, ``betas[0]``) other than the optimizer's, and ``maximize``, ``capturable`` or
+        ``differentiable`` other than False (torch's per-group flags; AdaOpt has none of them). A group added after
+        the first step joins the controller's current state and steps ``base_scale * lr / reference_lr`` against
+        the reference lr fixed at the first step, so its ratio to the other groups' lrs is kept.
         """
         if isinstance(param_group, dict):  # anything else: the base class raises its TypeError
-            _check_group(param_group, self.defaults)
+            _check_group(param_group, self.defaults, index=len(self.param_groups))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         # The lr the group was created with: the reference lr is the largest of these at the first step.
@@ -427,6 +428,8 @@ OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "initial
                   "progress_power", "secant_target",
                   "trust_bounds", "symmetric_damping", "trusted_growth", "signal_scaled_target", "momentum_noise",
                   "foreach", "fused")
+# torch's per-group flags that AdaOpt does not have; a group may pass them as False (torch's test_optim does).
+ABSENT_FLAGS = ("maximize", "capturable", "differentiable")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -472,8 +475,8 @@ def _check_state_dict(groups: list[dict], state_dict: dict[str, Any]) -> None:
                                  f"{shape}, expected {tuple(views[0].shape)}: the state dict is from another model")
 
 
-def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Raise on a param group AdaOpt cannot honour, before the base class adds it."""
+def _check_group(group: dict[str, Any], defaults: dict[str, Any], index: int) -> None:
+    """Raise on param group ``index`` if AdaOpt cannot honour it, before the base class adds it."""
     if "params" in group and not isinstance(group["params"], (Tensor, set)):
         group["params"] = list(group["params"])  # a generator would be used up by this check
     params = group.get("params", [])
@@ -488,8 +491,14 @@ def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
     _check_lr(group.get("lr", defaults["lr"]))
     for key in OPTIMIZER_WIDE:
         if key in group and group[key] != defaults[key]:
-            raise ValueError(f"{key}={group[key]!r} in a param group: {key} is optimizer-wide (AdaOpt reads "
+            raise ValueError(f"{key}={group[key]!r} in param group {index}: {key} is optimizer-wide (AdaOpt reads "
                              f"it once for all groups, here {defaults[key]!r}); set it in AdaOpt(...) only")
+    for key in ABSENT_FLAGS:  # torch's per-group flags AdaOpt has not: False is what it does
+        if key in group:
+            if group[key] is not False:
+                raise ValueError(f"{key}={group[key]!r} in param group {index}: AdaOpt has no {key} (only "
+                                 f"{key}=False, its behaviour, is accepted)")
+            del group[key]
     if "betas" in group and group["betas"][0] != defaults["betas"][0]:
-        raise ValueError(f"betas[0]={group['betas'][0]!r} in a param group: betas[0] is optimizer-wide (the "
+        raise ValueError(f"betas[0]={group['betas'][0]!r} in param group {index}: betas[0] is optimizer-wide (the "
                          f"controller's EMAs use it, here {defaults['betas'][0]!r}); set it in AdaOpt(...) only")
