@@ -123,13 +123,16 @@ class AdaOpt(Optimizer):
             earlier versions are rebuilt from the private table there (``_variants.build(params, variant=...)``).
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
         fused: make the step one pass over memory (``hf_adaopt.core.fused``), as torch's fused AdamW: on CPU a C++
-            kernel in torch's fused-AdamW pattern (``hf_adaopt/core/csrc/fused_cpu.cpp``), built with the system's
-            compiler at the first step (about a minute, then cached by torch for later processes); on CUDA a
-            ``torch.compile`` graph, compiled once per parameter layout. It falls back to foreach, with a warning
-            in the log, where it cannot be built. It leaves gradient elements that are not finite as they were
-            instead of skipping the step (see :mod:`hf_adaopt.core.fused`). Default: off (the build, and CUDA, where it
-            is not yet measured); the step costs are in the README's step-cost table. Pass ``fused=True`` for long
-            runs.
+            kernel in torch's fused-AdamW pattern (``hf_adaopt/core/csrc/fused_cpu.cpp``), as fast as
+            ``AdamW(fused=True)``; on CUDA a ``torch.compile`` graph, compiled once per parameter layout. Default
+            (``None``, with ``foreach`` unset): fused on CPU, foreach on CUDA (opt in with ``fused=True`` until a GPU
+            run has measured it); ``foreach=True`` or ``False`` picks that path instead, as in torch. The CPU kernel
+            is built with the system's C++ compiler at the first step of the first run on a machine -- about a minute,
+            said in one log line, then cached by torch (``~/.cache/torch_extensions``) and loaded in under a second.
+            Where it cannot run, the foreach step does, and the log says why, once: no compiler or ``ninja``, or
+            tensors it does not take (non-contiguous, DTensor shards, mixed devices; a warning under ``fused=True``).
+            It leaves gradient elements that are not finite as they were instead of skipping the step (see
+            :mod:`hf_adaopt.core.fused`); the step costs are in the README's step-cost table.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
     ``variance_factor``, ``landscape_factor`` and ``base_scale``.
@@ -348,12 +351,15 @@ class AdaOpt(Optimizer):
 
     # ------------------------------------------------------------------------------------ internals
     def _use_fused(self) -> bool:
-        # None is off until the fused step is measured faster, compile included, where it would be on
-        if not self.param_groups[0].get("fused") or self.__dict__.get("_fused_failed"):
+        # fused=None: fused where it runs by default (CPU), unless foreach was chosen (as torch's optimizers read
+        # their flags); fused.use_fused says once why a step is not fused
+        fused, foreach = self.param_groups[0].get("fused"), self.param_groups[0].get("foreach")
+        if fused is False or (fused is None and foreach is not None) or self.__dict__.get("_fused_failed"):
             return False
-        from hf_adaopt.core.fused import fused_available
+        from hf_adaopt.core.fused import use_fused
 
-        return fused_available([p for group in self.param_groups for p in group["params"] if p.grad is not None])
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return use_fused(self, params, explicit=bool(fused))
 
     def _use_foreach(self, params: list[Tensor]) -> bool:
         choice = self.param_groups[0]["foreach"]
