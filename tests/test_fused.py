@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import sys
 
 import pytest
 import torch
@@ -407,8 +408,23 @@ def test_decline_reason_says_why_the_fused_step_does_not_take_the_parameters(par
     assert (declined is None) if reason is None else reason in declined[1]
 
 
+@pytest.fixture
+def info_logs():
+    """hf_adaopt's INFO records kept: once transformers is imported its verbosity (WARNING) filters them (logs.py)."""
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is None:
+        yield
+        return
+    before = tf_logging.get_verbosity()
+    tf_logging.set_verbosity(logging.INFO)
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(before)
+
+
 @pytest.mark.parametrize("fused, level", [(None, logging.INFO), (True, logging.WARNING)])
-def test_parameters_the_fused_step_cannot_take_step_foreach_and_say_why_once(caplog, fused, level):
+def test_parameters_the_fused_step_cannot_take_step_foreach_and_say_why_once(caplog, info_logs, fused, level):
     """The default falls back quietly (an info line); fused=True that cannot be honoured warns. Either says it once."""
     torch.manual_seed(0)
     weight = nn.Parameter(torch.randn(6, 4).t())  # a transposed view: not contiguous
