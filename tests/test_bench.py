@@ -28,8 +28,8 @@ def test_bench_writes_every_reference_row_and_the_ratios(tmp_path, capsys):
                        "--threads", "1", "--only", "adaopt", "--output_json", str(out)]) == 0
     run = json.loads(out.read_text())
     rows = {r["optimizer"]: r for r in run["rows"]}
-    assert set(rows) == {"AdamW (torch, fused)", "AdamW (torch, foreach)", "AdaOpt (fused)", "AdaOpt (foreach)",
-                         bench.COPY_FLOOR, bench.GRAD_READ}
+    assert set(rows) == {"AdamW (torch, fused)", "AdamW (torch, foreach)", "AdaOpt (default)", "AdaOpt (fused)",
+                         "AdaOpt (foreach)", bench.COPY_FLOOR, bench.GRAD_READ}
     assert rows["AdamW (torch, fused)"]["ratio_to_fused_adamw"] == pytest.approx(1.0)
     assert rows["AdamW (torch, foreach)"]["ratio_to_foreach_adamw"] == pytest.approx(1.0)
     assert rows[bench.COPY_FLOOR]["ratio_to_copy_floor"] == pytest.approx(1.0)
@@ -39,6 +39,8 @@ def test_bench_writes_every_reference_row_and_the_ratios(tmp_path, capsys):
         rows["AdaOpt (foreach)"]["state_bytes_per_param"])
     assert rows[bench.GRAD_READ]["state_bytes_per_param"] is None
     assert rows["AdaOpt (fused)"]["compile_s"] > 0
+    assert rows["AdaOpt (default)"]["compile_s"] > 0  # on CPU the default is the fused step
+    assert "compile_s" not in rows["AdaOpt (foreach)"]
     table = bench_markdown(run)
     assert "| AdaOpt (fused)" in table and bench.GRAD_READ in table
     assert "AdaOpt (fused)" in capsys.readouterr().out

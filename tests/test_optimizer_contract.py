@@ -3,8 +3,9 @@
 What any ``torch.optim.Optimizer`` is expected to do, written in this project's words after the generic tests
 of PyTorch (``test/test_optim.py``, ``TestOptimRenewed``, with the Adam/AdamW entries of
 ``torch.testing._internal.common_optimizers``) and of kozistr/pytorch_optimizer. Every contract test runs
-for both optimizers, with ``foreach`` on and off: a check that AdamW fails is a wrong check. Where the two
-legitimately differ (a NaN gradient), the test states what each does.
+for both optimizers, with ``foreach`` on and off and as built by default (AdaOpt's default on CPU is its fused
+step; AdamW's is foreach): a check that AdamW fails is a wrong check. Where the two legitimately differ (a NaN
+gradient), the test states what each does.
 
 The last section holds AdaOpt's own fixes (issue 13; issue 10, item 5), each with a test that failed before.
 
@@ -30,14 +31,15 @@ OPTIMIZERS = {"AdaOpt": AdaOpt, "AdamW": torch.optim.AdamW}
 COMPILE_ATOL = 1e-6
 
 
-@pytest.fixture(params=[(name, foreach) for name in OPTIMIZERS for foreach in (False, True)],
-                ids=lambda p: f"{p[0]}-{'foreach' if p[1] else 'for_loop'}")
+@pytest.fixture(params=[(name, foreach) for name in OPTIMIZERS for foreach in (False, True, None)],
+                ids=lambda p: f"{p[0]}-{ {False: 'for_loop', True: 'foreach', None: 'default'}[p[1]]}")
 def make(request):
-    """``make(params, **kwargs)`` builds the optimizer under test; ``make.name`` says which."""
+    """``make(params, **kwargs)`` builds the optimizer under test; ``make.name`` says which, ``make.foreach`` its
+    ``foreach`` (None: not passed, the default)."""
     name, foreach = request.param
 
     def build(params, **kwargs):
-        return OPTIMIZERS[name](params, foreach=foreach, **kwargs)
+        return OPTIMIZERS[name](params, **({} if foreach is None else {"foreach": foreach}), **kwargs)
 
     build.name, build.foreach = name, foreach
     return build
@@ -320,10 +322,8 @@ def test_zero_gradients_leave_the_parameters_unchanged(make):
     assert all(torch.equal(p, before[k]) for k, p in model.state_dict().items())
 
 
-# What each does with a NaN gradient: AdaOpt skips the whole step, AdamW writes the NaN into the weights.
-NAN_GRADIENT_SKIPS_THE_STEP = {"AdaOpt": True, "AdamW": False}
-
-
+# What each does with a NaN gradient: AdaOpt's foreach and reference steps skip the whole step, its fused step (the
+# default on CPU) leaves that element as it was and takes the rest of the step; AdamW writes the NaN into the weights.
 def test_nan_gradient(make):
     model = _model()
     opt = make(model.parameters())
@@ -333,10 +333,13 @@ def test_nan_gradient(make):
         p.grad = torch.ones_like(p)
     model[0].weight.grad[0, 0] = float("nan")
     opt.step()
-    if NAN_GRADIENT_SKIPS_THE_STEP[make.name]:
-        assert all(torch.equal(p, before[k]) for k, p in model.state_dict().items())
-    else:
+    if make.name == "AdamW":
         assert torch.isnan(model[0].weight[0, 0])
+    elif make.foreach is None:  # fused
+        assert model[0].weight[0, 0] == before["0.weight"][0, 0] and torch.isfinite(model[0].weight).all()
+        assert not torch.equal(model[0].weight[0, 1:], before["0.weight"][0, 1:])
+    else:
+        assert all(torch.equal(p, before[k]) for k, p in model.state_dict().items())
 
 
 def test_zero_size_and_zero_dim_parameters(make):
@@ -645,3 +648,45 @@ def test_group_settings_that_are_per_group_are_accepted():
                    "variance_power": 0.5}])
     _train(model, opt, steps=2)
     assert opt.param_groups[1]["betas"] == (0.9, 0.99)
+
+
+# torch's per-group behaviour flags (test_optim's test_param_groups_weight_decay passes its kwargs in every group)
+@pytest.mark.parametrize("flags", [{"foreach": None, "fused": None}, {"maximize": False}, {"capturable": False},
+                                   {"differentiable": False}], ids=lambda f: "-".join(f))
+def test_a_per_group_flag_equal_to_what_adaopt_does_is_accepted(flags):
+    model = _model()
+    opt = AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), "weight_decay": 0.0, **flags}])
+    _train(model, opt, steps=2)
+    assert all(opt.param_groups[1].get(key) is None for key in flags)  # None, or dropped: AdaOpt has no maximize
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_the_optimizers_own_foreach_and_fused_are_accepted_in_every_group(foreach):
+    """As torch's test passes them: the optimizer's kwargs repeated in each group."""
+    model = _model()
+    kwargs = {"foreach": foreach, "fused": False, "maximize": False}
+    opt = AdaOpt([{"params": model[0].parameters(), **kwargs}, {"params": model[2].parameters(), **kwargs}],
+                 foreach=foreach, fused=False)
+    _train(model, opt, steps=2)
+    assert [g["foreach"] for g in opt.param_groups] == [foreach, foreach]
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"foreach": True}, "foreach=True in param group 1: foreach is optimizer-wide .*here None"),
+    ({"fused": False}, "fused=False in param group 1: fused is optimizer-wide .*here None"),
+    ({"maximize": True}, r"maximize=True in param group 1: AdaOpt has no maximize \(only maximize=False"),
+    ({"capturable": True}, "capturable=True in param group 1: AdaOpt has no capturable"),
+    ({"differentiable": True}, "differentiable=True in param group 1: AdaOpt has no differentiable"),
+], ids=lambda s: next(iter(s)) if isinstance(s, dict) else None)
+def test_a_per_group_flag_adaopt_cannot_honour_is_refused_naming_the_group(setting, match):
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), **setting}])
+
+
+def test_add_param_group_names_the_index_the_group_would_have():
+    model = _model()
+    opt = AdaOpt(model[0].parameters())
+    with pytest.raises(ValueError, match="maximize=True in param group 1"):
+        opt.add_param_group({"params": model[2].parameters(), "maximize": True})
+    assert len(opt.param_groups) == 1

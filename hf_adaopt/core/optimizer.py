@@ -135,13 +135,16 @@ class AdaOpt(Optimizer):
             earlier versions are rebuilt from the private table there (``_variants.build(params, variant=...)``).
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
         fused: make the step one pass over memory (``hf_adaopt.core.fused``), as torch's fused AdamW: on CPU a C++
-            kernel in torch's fused-AdamW pattern (``hf_adaopt/core/csrc/fused_cpu.cpp``), built with the system's
-            compiler at the first step (about a minute, then cached by torch for later processes); on CUDA a
-            ``torch.compile`` graph, compiled once per parameter layout. It falls back to foreach, with a warning
-            in the log, where it cannot be built. It leaves gradient elements that are not finite as they were
-            instead of skipping the step (see :mod:`hf_adaopt.core.fused`). Default: off (the build, and CUDA, where it
-            is not yet measured); the step costs are in the README's step-cost table. Pass ``fused=True`` for long
-            runs.
+            kernel in torch's fused-AdamW pattern (``hf_adaopt/core/csrc/fused_cpu.cpp``), as fast as
+            ``AdamW(fused=True)``; on CUDA a ``torch.compile`` graph, compiled once per parameter layout. Default
+            (``None``, with ``foreach`` unset): fused on CPU, foreach on CUDA (opt in with ``fused=True`` until a GPU
+            run has measured it); ``foreach=True`` or ``False`` picks that path instead, as in torch. The CPU kernel
+            is built with the system's C++ compiler at the first step of the first run on a machine -- about a minute,
+            said in one log line, then cached by torch (``~/.cache/torch_extensions``) and loaded in under a second.
+            Where it cannot run, the foreach step does, and the log says why, once: no compiler or ``ninja``, or
+            tensors it does not take (non-contiguous, DTensor shards, mixed devices; a warning under ``fused=True``).
+            It leaves gradient elements that are not finite as they were instead of skipping the step (see
+            :mod:`hf_adaopt.core.fused`); the step costs are in the README's step-cost table.
 
     Diagnostics (no recomputation, no host sync): :meth:`diagnostics`, and per group ``effective_lr``,
     ``variance_factor``, ``landscape_factor`` and ``base_scale``.
@@ -206,13 +209,14 @@ class AdaOpt(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; what AdaOpt cannot honour is refused before the group is added.
 
-        Refused: complex parameters, a Tensor, negative or non-finite ``lr``, and a value of an optimizer-wide
-        setting (``OPTIMIZER_WIDE``, ``betas[0]``) other than the optimizer's. A group added after the first
-        step joins the controller's current state and steps ``base_scale * lr / reference_lr`` against the
-        reference lr fixed at the first step, so its ratio to the other groups' lrs is kept.
+        Refused: complex parameters, a Tensor, negative or non-finite ``lr``, a value of an optimizer-wide
+        setting (``OPTIMIZER_WIDE``, ``betas[0]``) other than the optimizer's, and ``maximize``, ``capturable`` or
+        ``differentiable`` other than False (torch's per-group flags; AdaOpt has none of them). A group added after
+        the first step joins the controller's current state and steps ``base_scale * lr / reference_lr`` against
+        the reference lr fixed at the first step, so its ratio to the other groups' lrs is kept.
         """
         if isinstance(param_group, dict):  # anything else: the base class raises its TypeError
-            _check_group(param_group, self.defaults)
+            _check_group(param_group, self.defaults, index=len(self.param_groups))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         # The lr the group was created with: the reference lr is the largest of these at the first step.
@@ -374,12 +378,15 @@ class AdaOpt(Optimizer):
 
     # ------------------------------------------------------------------------------------ internals
     def _use_fused(self) -> bool:
-        # None is off until the fused step is measured faster, compile included, where it would be on
-        if not self.param_groups[0].get("fused") or self.__dict__.get("_fused_failed"):
+        # fused=None: fused where it runs by default (CPU), unless foreach was chosen (as torch's optimizers read
+        # their flags); fused.use_fused says once why a step is not fused
+        fused, foreach = self.param_groups[0].get("fused"), self.param_groups[0].get("foreach")
+        if fused is False or (fused is None and foreach is not None) or self.__dict__.get("_fused_failed"):
             return False
-        from hf_adaopt.core.fused import fused_available
+        from hf_adaopt.core.fused import use_fused
 
-        return fused_available([p for group in self.param_groups for p in group["params"] if p.grad is not None])
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return use_fused(self, params, explicit=bool(fused))
 
     def _use_foreach(self, params: list[Tensor]) -> bool:
         choice = self.param_groups[0]["foreach"]
@@ -450,9 +457,11 @@ class AdaOpt(Optimizer):
 # What AdaOpt refuses up front
 # ---------------------------------------------------------------------------------------------------
 # Settings read from the first group only: the controller (and the foreach choice) is one for the optimizer.
-OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "total_steps", "initial_scale",
-                  "initial_decrease", "progress_power", "secant_target", "trust_bounds", "symmetric_damping",
-                  "trusted_growth", "signal_scaled_target", "momentum_noise", "tracking", "foreach", "fused")
+# (every private setting but variance_power, which is per group)
+OPTIMIZER_WIDE = ("adapt_rate", "warmup_steps", "loss_spike_threshold", "total_steps",
+                  *(k for k in _variants.SETTINGS if k != "variance_power"), "foreach", "fused")
+# torch's per-group flags that AdaOpt does not have; a group may pass them as False (torch's test_optim does).
+ABSENT_FLAGS = ("maximize", "capturable", "differentiable")
 # What every parameter's state holds once it has stepped.
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "direction", "pre")
 # The settings only AdaOpt has; every AdaOpt version saved them in each param group.
@@ -503,8 +512,8 @@ def _check_state_dict(groups: list[dict], state_dict: dict[str, Any]) -> None:
                                  f"{shape}, expected {tuple(views[0].shape)}: the state dict is from another model")
 
 
-def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Raise on a param group AdaOpt cannot honour, before the base class adds it."""
+def _check_group(group: dict[str, Any], defaults: dict[str, Any], index: int) -> None:
+    """Raise on param group ``index`` if AdaOpt cannot honour it, before the base class adds it."""
     if "params" in group and not isinstance(group["params"], (Tensor, set)):
         group["params"] = list(group["params"])  # a generator would be used up by this check
     params = group.get("params", [])
@@ -519,8 +528,14 @@ def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
     _check_lr(group.get("lr", defaults["lr"]))
     for key in OPTIMIZER_WIDE:
         if key in group and group[key] != defaults[key]:
-            raise ValueError(f"{key}={group[key]!r} in a param group: {key} is optimizer-wide (AdaOpt reads "
+            raise ValueError(f"{key}={group[key]!r} in param group {index}: {key} is optimizer-wide (AdaOpt reads "
                              f"it once for all groups, here {defaults[key]!r}); set it in AdaOpt(...) only")
+    for key in ABSENT_FLAGS:  # torch's per-group flags AdaOpt has not: False is what it does
+        if key in group:
+            if group[key] is not False:
+                raise ValueError(f"{key}={group[key]!r} in param group {index}: AdaOpt has no {key} (only "
+                                 f"{key}=False, its behaviour, is accepted)")
+            del group[key]
     if "betas" in group and group["betas"][0] != defaults["betas"][0]:
-        raise ValueError(f"betas[0]={group['betas'][0]!r} in a param group: betas[0] is optimizer-wide (the "
+        raise ValueError(f"betas[0]={group['betas'][0]!r} in param group {index}: betas[0] is optimizer-wide (the "
                          f"controller's EMAs use it, here {defaults['betas'][0]!r}); set it in AdaOpt(...) only")

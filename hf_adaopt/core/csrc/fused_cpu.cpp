@@ -13,6 +13,7 @@
 // were (parameter, both moments and the direction), count as a zero gradient in the sums, and are counted.
 // Per-chunk partial sums are added in chunk order: the result does not depend on the number of threads.
 #include <torch/extension.h>
+#include <torch/csrc/autograd/variable.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -23,16 +24,14 @@
 
 namespace {
 
-// Must match hf_adaopt/core/optimizer.py: SUBSAMPLE_BLOCK, SUBSAMPLE_PERIOD, SMALL_TENSOR.
-constexpr int64_t kBlock = 16;
-constexpr int64_t kPeriod = 256;
-constexpr int64_t kSmall = 4096;
+// kBlock, kPeriod, kSmall (the subsample), the scalar table's rows (kOneMinusBeta1 ... kNumScalars), the rows this
+// kernel returns (kCarriedMSq ... kNumCarried) and the reading's (kReadingAfter ... kNumReading) are not defined here:
+// hf_adaopt/core/fused_cpu.py generates them from the Python definitions (functional.py, fused.py) as a prelude to this
+// file, so the two sides cannot disagree (see `constants_header()`).
 // Rows (periods of 256 elements) per parallel task: 16K elements, 64 KB per fp32 stream.
 constexpr int64_t kChunkRows = 64;
-// Rows of the per-step scalar table (hf_adaopt/core/fused.py: _BETA1 ... _DIR_C2_C1).
-enum { kBeta1, kOneMinusBeta1, kBeta2, kOneMinusBeta2, kEpsC2, kKeep, kStepC2C1, kDirC2C1, kNumScalars };
-// The sums over the subsample: the reading (g.d_old, g^2), the new pre (g.d_new), and the state (m^2, v, d^2, p^2);
-// and over the whole tensor, the number of elements whose gradient was not finite.
+// The accumulators (internal to this file): over the subsample the reading (g.d_old, g^2), the new pre (g.d_new), and
+// the state (m^2, v, d^2, p^2); over the whole tensor, the number of elements whose gradient was not finite.
 enum { kAfter, kGradSq, kPre, kMSq, kVSum, kDirSq, kParamSq, kMasked, kNumSums };
 
 template <typename state_t>
@@ -150,11 +149,16 @@ void apply_one(const at::Tensor& p_t, const at::Tensor& g_t, const at::Tensor& m
                const at::Tensor& d_t, const at::Tensor& pre_t, const at::Tensor& reading_t, const double* s,
                double* out) {
   using V = Vec<state_t>;
+  static_assert((kPeriod - kBlock) % V::size() == 0, "the rest of a period must be whole vectors");
   const Apply<param_t, state_t> op(p_t, g_t, m_t, v_t, d_t, s);
   const int64_t n = p_t.numel();
   const Layout lay(n);
   const int64_t tail_start = lay.stride == 0 ? n : lay.rows * kPeriod;  // past the last full period: no subsample
   std::vector<double> partial(kNumSums * lay.chunks(), 0.0);
+  // Nothing below throws: the tensor is written whole or not at all. Its version counters move first, as any in-place
+  // op's do (autograd sees the write; fused.py reads them to know which tensors a failed call wrote).
+  for (const at::Tensor* t : {&p_t, &m_t, &v_t, &d_t, &pre_t, &reading_t})
+    if (!t->is_inference()) torch::autograd::impl::bump_version(*t);
   auto chunks = [&](int64_t c0, int64_t c1) {
     const Apply<param_t, state_t> op_local = op;  // the step's constants, local to the task
     for (int64_t c = c0; c < c1; ++c) {
@@ -167,7 +171,7 @@ void apply_one(const at::Tensor& p_t, const at::Tensor& g_t, const at::Tensor& m
                                              r * lay.row_len + k, sums);
         const int64_t end = lay.stride == 0 ? start : start + kPeriod;
         for (int64_t i = start + lay.row_len; i < end; i += V::size())
-          op_local.template operator()<false>(i, V::size(), 0, sums);  // 240 = 15 full vectors of 16, 30 of 8
+          op_local.template operator()<false>(i, V::size(), 0, sums);  // whole vectors (static_assert above)
       }
       for (int j = 0; j < kNumSums; ++j) partial[kNumSums * c + j] = hsum(sums[j]);
     }
@@ -184,17 +188,17 @@ void apply_one(const at::Tensor& p_t, const at::Tensor& g_t, const at::Tensor& m
   total[kMasked] = hsum(tail_sums[kMasked]);
   for (int64_t c = 0; c < lay.chunks(); ++c)
     for (int j = 0; j < kNumSums; ++j) total[j] += partial[kNumSums * c + j];
-  state_t* reading = reading_t.data_ptr<state_t>();  // (after, grad_sq, before), as _single_tensor_apply writes it
+  state_t* reading = reading_t.data_ptr<state_t>();  // as single_tensor_apply writes it
   state_t* pre = pre_t.data_ptr<state_t>();
-  reading[0] = static_cast<state_t>(total[kAfter]);
-  reading[1] = static_cast<state_t>(total[kGradSq]);
-  reading[2] = pre[0];
+  reading[kReadingAfter] = static_cast<state_t>(total[kAfter]);
+  reading[kReadingGradSq] = static_cast<state_t>(total[kGradSq]);
+  reading[kReadingPre] = pre[0];  // the last step's pre, before this step replaces it
   pre[0] = static_cast<state_t>(total[kPre]);
-  out[0] = total[kMSq];
-  out[1] = total[kVSum];
-  out[2] = total[kParamSq];
-  out[3] = total[kDirSq];
-  out[4] = total[kMasked];
+  out[kCarriedMSq] = total[kMSq];
+  out[kCarriedVSum] = total[kVSum];
+  out[kCarriedParamSq] = total[kParamSq];
+  out[kCarriedDirSq] = total[kDirSq];
+  out[kCarriedMasked] = total[kMasked];
 }
 
 // (param dtype, state dtype) -> the instantiation; anything else is refused (the caller falls back to foreach)
@@ -228,9 +232,10 @@ void check_dtypes(const std::vector<at::Tensor>& params, const std::vector<at::T
 
 }  // namespace
 
-// Updates every tensor in place; `scalars` is the (kNumScalars, n) float64 table. Writes each tensor's reading
-// (g.d_old, g^2, the last pre) and new pre (g.d_new), and returns a (5, n) float64 tensor: the subsample's sums of
-// m^2, v, p^2 and d_new^2 after the update, and the number of elements whose gradient was not finite.
+// Updates every tensor in place, one after the other, each whole or not at all; `scalars` is the (kNumScalars, n)
+// float64 table. Writes each tensor's reading (g.d_old, g^2, the last pre) and new pre (g.d_new), and returns a
+// (kNumCarried, n) float64 tensor: the subsample's sums of m^2, v, p^2 and d_new^2 after the update, and the number of
+// elements whose gradient was not finite.
 at::Tensor apply(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> exp_avgs,
                  std::vector<at::Tensor> exp_avg_sqs, std::vector<at::Tensor> directions, std::vector<at::Tensor> pres,
                  std::vector<at::Tensor> readings, at::Tensor scalars) {
@@ -250,22 +255,22 @@ at::Tensor apply(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, 
     TORCH_CHECK(exp_avg_sqs[i].scalar_type() == exp_avgs[i].scalar_type() &&
                     directions[i].scalar_type() == exp_avgs[i].scalar_type() &&
                     pres[i].scalar_type() == exp_avgs[i].scalar_type() && pres[i].numel() == 1 &&
-                    readings[i].scalar_type() == exp_avgs[i].scalar_type() && readings[i].numel() == 3 &&
+                    readings[i].scalar_type() == exp_avgs[i].scalar_type() && readings[i].numel() == kNumReading &&
                     exp_avgs[i].numel() == params[i].numel() && exp_avg_sqs[i].numel() == params[i].numel() &&
                     directions[i].numel() == Layout(params[i].numel()).rows * Layout(params[i].numel()).row_len,
                 "AdaOpt fused CPU step: the state of parameter ", i, " does not match it in dtype or size");
-  at::Tensor out = at::zeros({5, n}, at::kDouble);
+  at::Tensor out = at::zeros({kNumCarried, n}, at::kDouble);
   double* rows = out.data_ptr<double>();
   const double* table = scalars.const_data_ptr<double>();
   for (int64_t i = 0; i < n; ++i) {
     double s[kNumScalars];
     for (int k = 0; k < kNumScalars; ++k) s[k] = table[k * n + i];
-    double row[5];
+    double row[kNumCarried];
     dispatch(params[i], exp_avgs[i], [&](auto param_v, auto state_v) {
       apply_one<decltype(param_v), decltype(state_v)>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
                                                       directions[i], pres[i], readings[i], s, row);
     });
-    for (int j = 0; j < 5; ++j) rows[j * n + i] = row[j];
+    for (int j = 0; j < kNumCarried; ++j) rows[j * n + i] = row[j];
   }
   return out;
 }
