@@ -259,6 +259,12 @@ def _watched(tensors: dict) -> list[Tensor]:
     return [*tensors["exp_avgs"], *tensors["exp_avg_sqs"], *tensors["directions"], *tensors["params"]]
 
 
+# Per-parameter state: the fused update's float64 sums for the next step (a column of ``carried``), kept so that they
+# reach checkpoints (``AdaOpt.load_state_dict`` puts them back unrounded: the base class casts state to the
+# parameter's dtype).
+SUMS_KEY = "fused_sums"
+
+
 def with_fallback(optimizer, stats_fn, apply_fn):
     """The fused stages for ``optimizer``, falling back to ``stats_fn`` / ``apply_fn`` (foreach) where the update
     cannot be built; after a failure the optimizer stays on the fallback (``optimizer._fused_failed`` says why).
@@ -278,6 +284,10 @@ def with_fallback(optimizer, stats_fn, apply_fn):
         carry = optimizer.__dict__.pop("_fused_carry", None)
         if carry is not None and carry.valid_for(tensors):
             return fused_stats(tensors, carry.stats)
+        if optimizer.__dict__.pop("_sums_loaded", False) and all(SUMS_KEY in st for st in tensors["states"]):
+            # a checkpoint's: the sums the last fused update before it wrote, so that a resumed run reads what the
+            # uninterrupted one reads (the foreach sums differ in the last bits)
+            return fused_stats(tensors, torch.stack([st[SUMS_KEY] for st in tensors["states"]], 1))
         return stats_fn(cast_grads(tensors))
 
     def apply(tensors: dict, plan: dict) -> None:
@@ -293,14 +303,19 @@ def with_fallback(optimizer, stats_fn, apply_fn):
                     tensors["states"][i]["step"] += 1
                 fall_back(exc, len(written), len(versions))
                 rest = sorted(set(range(len(versions))) - set(written))
+                for state in tensors["states"]:
+                    state.pop(SUMS_KEY, None)
                 if rest:  # this step's masked-element count of the written tensors is lost with the call's result
                     tensors, plan = _select(tensors, rest), {k: [v[i] for i in rest] for k, v in plan.items()}
                     apply_fn(cast_grads(tensors), plan)
                 return
-            for state in tensors["states"]:
+            for i, state in enumerate(tensors["states"]):
                 state["step"] += 1
+                state[SUMS_KEY] = carried[:, i]
             optimizer._fused_carry = _Carry(tensors, carried)
             return
+        for state in tensors["states"]:
+            state.pop(SUMS_KEY, None)
         apply_fn(cast_grads(tensors), plan)
 
     return stats, apply

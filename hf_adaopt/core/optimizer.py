@@ -95,6 +95,7 @@ from torch.optim import Optimizer
 from hf_adaopt.core import _variants, functional
 from hf_adaopt.core.controller import CONTROLLER_DEFAULTS, plan_step, read_scalars
 from hf_adaopt.core.functional import cast_grads, local_shard, state_dtype, subsample
+from hf_adaopt.core.fused import SUMS_KEY
 from hf_adaopt.core.logs import get_logger
 
 __all__ = ["AdaOpt"]
@@ -314,10 +315,15 @@ class AdaOpt(Optimizer):
             saved_ids = [pid for g in sd["param_groups"] for pid in g["params"]]
             params = [p for g in self.param_groups for p in g["params"]]
             for pid, p in zip(saved_ids, params):
-                if state_dtype(p) == p.dtype or pid not in sd["state"] or p not in self.state:
+                if pid not in sd["state"] or p not in self.state:
+                    continue
+                sums = sd["state"][pid].get(SUMS_KEY)
+                if isinstance(sums, Tensor):  # the fused step's float64 sums, as they were saved
+                    self.state[p][SUMS_KEY] = sums.to(device=p.device, copy=True)
+                if state_dtype(p) == p.dtype:
                     continue
                 for key, value in sd["state"][pid].items():
-                    if isinstance(value, Tensor) and value.is_floating_point():
+                    if isinstance(value, Tensor) and value.is_floating_point() and key != SUMS_KEY:
                         self.state[p][key] = value.to(device=p.device, dtype=state_dtype(p), copy=True)
 
         pre = self.register_load_state_dict_pre_hook(check)  # appended: after the user's pre-hooks
@@ -327,6 +333,8 @@ class AdaOpt(Optimizer):
         finally:
             pre.remove()
             post.remove()
+        self.__dict__.pop("_fused_carry", None)
+        self._sums_loaded = True  # the fused step's next statistics may come from the loaded state's sums
 
     # ------------------------------------------------------------------------------------------ step
     @torch.no_grad()
