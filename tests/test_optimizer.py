@@ -239,18 +239,26 @@ def test_group_with_lr_zero_stays_unchanged():
     assert not all(torch.equal(p, b) for p, b in zip(moving, moving_before))
 
 
-def test_scheduler_scales_the_step():
-    """group["lr"] is a multiplier: LambdaLR at 0.5 halves the effective lr the controller sets (the
-    variance factor gates the secant's rate, not the step: past warmup it is below 1 and not in the product)."""
-    model = _toy_model()
-    x, y = _toy_data()
-    opt = AdaOpt(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_scheduler_scales_the_step(foreach):
+    """group["lr"] is a multiplier of the applied step: from the same state and the same gradient, the step
+    taken with LambdaLR at 0.5 moves every parameter (decay included) half as far as the step without it."""
+    model = _toy_model(torch.float64)  # float64: the parameters' rounding stays far below the step
+    x, y = _toy_data(dtype=torch.float64)
+    opt = AdaOpt(model.parameters(), lr=1e-3, weight_decay=0.1, foreach=foreach)
     _train(model, opt, x, y, steps=25)
-    sched.step()
-    d = opt.diagnostics()
-    assert d["variance_factor"] < 1.0
-    assert d["effective_lr"] == pytest.approx(0.5 * d["base_scale"])
+    halved_model, halved = copy.deepcopy((model, opt))  # one deepcopy: the copy steps its own parameters
+    torch.optim.lr_scheduler.LambdaLR(halved, lambda step: 0.5)
+    assert [g["lr"] for g in halved.param_groups] == [5e-4]
+    moves = []
+    for m, o in ((model, opt), (halved_model, halved)):
+        before = [p.detach().clone() for p in m.parameters()]
+        _train(m, o, x, y, steps=1, seed=3)
+        moves.append([p.detach() - b for p, b in zip(m.parameters(), before)])
+    assert all(full.abs().max() > 0 for full in moves[0])
+    for full, half in zip(*moves):
+        torch.testing.assert_close(half, 0.5 * full, rtol=1e-9, atol=1e-15)
+    assert halved.diagnostics()["effective_lr"] == pytest.approx(0.5 * opt.diagnostics()["effective_lr"])
 
 
 def test_closure_is_called_and_its_loss_returned():
