@@ -319,11 +319,13 @@ def test_state_memory_is_within_adamw_budget_plus_subsample():
 
 
 def _quadratic_run(lr, start_distance, steps):
+    """AdaOpt with `lr` as its first step (initial_scale=None, and no loss fed: no Polyak start), so that a test
+    can start it too small or too large; with the default start every lr would run the same."""
     torch.manual_seed(0)
     target = torch.full((64,), 5.0)  # minimum away from 0: the trust bound scales with |theta|
     w = nn.Parameter(target + start_distance * torch.randn(64))
     h = torch.linspace(0.5, 2.0, 64)
-    opt = AdaOpt([w], lr=lr, warmup_steps=2)
+    opt = build_variant([w], lr=lr, warmup_steps=2, initial_scale=None)
     factors, losses = [], []
     for _ in range(steps):
         opt.zero_grad()
@@ -339,14 +341,14 @@ def test_landscape_factor_grows_a_too_small_step():
     """Far from the minimum the loss is linear along a tiny step: the secant reads r ~ 1 and d grows (at the
     default adapt_rate it has reached the minimum by step ~10, where the factor settles near 1)."""
     factors, _, opt = _quadratic_run(1e-4, start_distance=3.0, steps=40)
-    assert min(factors[3:8]) > 1.5 and opt.diagnostics()["base_scale"] > 10 * 1e-4
+    assert min(factors[3:8]) > 1.5 and opt.diagnostics()["base_scale"] > 1000 * 1e-4
 
 
 def test_landscape_factor_shrinks_an_overshooting_step():
     """Starting 0.01 from the minimum with lr 0.1, every step overshoots: the secant reads r < 0."""
     factors, _, opt = _quadratic_run(0.1, start_distance=0.01, steps=40)
     assert max(factors[2:]) < 1.0
-    assert opt.diagnostics()["base_scale"] < 0.05  # below where the trust bound put it at step 1
+    assert opt.diagnostics()["base_scale"] < 0.7 * 0.1  # below its start, lr
 
 
 def test_a_loss_spike_halves_the_step_and_caps_it_from_then_on():
@@ -435,6 +437,8 @@ def test_without_a_loss_the_first_step_is_a_fraction_of_the_weights_rms():
 
 @pytest.mark.parametrize("lr", [1e-4, 1e-2, 1e-1])
 def test_deterministic_quadratic_converges_from_any_initial_lr(lr):
+    """From a first step of lr (1e-4: a thousandth of the good step; 0.1 the good step's order) the controller
+    finds the step: at lr 1e-4 without adaptation the loss falls by 1.4% in 300 steps."""
     _, losses, _ = _quadratic_run(lr, start_distance=3.0, steps=300)
     assert losses[-1] < 1e-4 * losses[0]
 
