@@ -445,10 +445,18 @@ def test_deterministic_quadratic_converges_from_any_initial_lr(lr):
 
 def test_repr_and_diagnostics():
     model = _toy_model()
-    opt = AdaOpt(model.parameters(), lr=3e-4)
+    opt = AdaOpt([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-4}], lr=3e-4)
     assert set(opt.diagnostics()) == {"effective_lr", "variance_factor", "landscape_factor",
                                       "base_scale", "skipped_steps", "loss_spikes"}
     assert opt.diagnostics()["effective_lr"] == 3e-4
+    x, y = _toy_data()
+    _train(model, opt, x, y, steps=15)
+    # after steps: group 0's numbers as the controller wrote them, each under its own name
+    g0 = opt.param_groups[0]
+    assert opt.diagnostics() == {k: g0[k] for k in ("effective_lr", "variance_factor", "landscape_factor",
+                                                    "base_scale", "skipped_steps", "loss_spikes")}
+    assert g0["variance_factor"] != g0["landscape_factor"]
+    assert opt.param_groups[1]["effective_lr"] == pytest.approx(g0["effective_lr"] / 3)
     text = repr(opt)
     assert text.startswith("AdaOpt (") and "lr: 0.0003" in text and "adapt_rate" in text
 
