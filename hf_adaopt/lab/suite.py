@@ -402,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
             "default_cell": DEFAULT_CELL, "passthrough": passthrough,
             "run_ids": [j.rid for j in jobs],
+            "adaopt_source": adaopt_source_key(),  # the code key AdaOpt's cells ran at (tests/test_suite.py)
             "environment": results.environment(),
         })
     done = results.finished_run_ids(output_dir)
