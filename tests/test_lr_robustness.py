@@ -1,7 +1,7 @@
 """The product claim on two kinds of small real work: AdaOpt's initial lr does not matter, Adam's does.
 
 1. scikit-learn's digits (1,797 8x8 images, shipped with the package), the 128-128-64 ReLU MLP, batch 32,
-   10 epochs. AdaOpt from initial lr 1e-5, 1e-3 and 1e-1 must end within 2 points of Adam at its best lr
+   10 epochs. AdaOpt from initial lr 1e-5 (where Adam is far off) must end within 2 points of Adam at its best lr
    of a 3-point grid, averaged over 2 seeds.
 2. A tiny byte-level transformer LM (GPT-2 architecture, 2 layers, d_model 64) on CPython's reference prose
    (pydoc_data, ships with Python), 150 steps with gradient clipping: AdaOpt's initial lr must not change the
@@ -71,10 +71,11 @@ def test_adam_is_sensitive_to_its_lr_here(digits, best_adam):
     assert _final_accuracy(lambda p: torch.optim.Adam(p, lr=1e-5), digits) < best_adam - 0.3
 
 
-@pytest.mark.parametrize("lr", [1e-5, 1e-3, 1e-1])
-def test_adaopt_matches_tuned_adam_from_any_initial_lr(digits, best_adam, lr):
-    acc = _final_accuracy(lambda p: AdaOpt(p, lr=lr), digits)
-    assert acc >= best_adam - TOLERANCE, (lr, acc, best_adam)
+def test_adaopt_matches_tuned_adam_from_an_initial_lr_where_adam_fails(digits, best_adam):
+    """From lr 1e-5, where Adam is far from its best (above). One lr: AdaOpt's runs from any lr are bit-identical
+    (held on the language model below), so more lrs would rerun this one."""
+    acc = _final_accuracy(lambda p: AdaOpt(p, lr=1e-5), digits)
+    assert acc >= best_adam - TOLERANCE, (acc, best_adam)
 
 
 # ---------------------------------------------------------------------------------------------- tiny LM

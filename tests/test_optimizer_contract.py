@@ -641,6 +641,45 @@ def test_optimizer_wide_setting_in_a_group_is_refused(setting):
                       foreach=False)
 
 
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("own", [0, 1], ids=["first-group", "second-group"])
+def test_eps_is_read_per_group(foreach, own):
+    """Two groups, the same gradient, one with eps 1: Adam's first direction g / (|g| + eps) is that group's own
+    (read from the other group, both would move alike)."""
+    p, q = _two_vectors()
+    eps = [1e-8, 1e-8]
+    eps[own] = 1.0
+    opt = AdaOpt([{"params": [p], "eps": eps[0]}, {"params": [q], "eps": eps[1]}], weight_decay=0.0,
+                 foreach=foreach)
+    p0, q0 = p.detach().clone(), q.detach().clone()
+    _step_with_same_gradients(opt, [p, q], steps=1)
+    g = p.grad
+    moves = (p - p0, q - q0)
+    # the first step: m_hat = g, v_hat = g^2, the same step size for both (equal lrs, the gate open)
+    torch.testing.assert_close(moves[own] * (g.abs() + eps[own]), moves[1 - own] * (g.abs() + eps[1 - own]),
+                               rtol=1e-9, atol=0.0)
+    assert not torch.allclose(moves[0], moves[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("own", [0, 1], ids=["first-group", "second-group"])
+def test_variance_power_is_read_per_group(foreach, own):
+    """After warmup the gate phi ~ share^p moves the step between tensors: with the same gradients, the group with
+    p = 1 steps share times as far as the group with p = 0 (read from the other group, both would step alike)."""
+    p, q = _two_vectors()
+    powers = [0.0, 0.0]
+    powers[own] = 1.0
+    opt = AdaOpt([{"params": [p], "variance_power": powers[0]}, {"params": [q], "variance_power": powers[1]}],
+                 weight_decay=0.0, warmup_steps=3, foreach=foreach)
+    _step_with_same_gradients(opt, [p, q], steps=6)
+    p0, q0 = p.detach().clone(), q.detach().clone()
+    _step_with_same_gradients(opt, [p, q], steps=1, seed=1)
+    moves = (p - p0, q - q0)
+    share = opt.diagnostics()["variance_factor"]  # both tensors read the same share: their gradients are equal
+    assert 0.0 < share < 0.9
+    torch.testing.assert_close(moves[own], share * moves[1 - own], rtol=1e-9, atol=0.0)
+
+
 def test_group_settings_that_are_per_group_are_accepted():
     model = _model()
     opt = AdaOpt([{"params": model[0].parameters()},

@@ -132,8 +132,18 @@ def test_image_tasks_give_normalized_float_batches(tmp_path, training_args, task
     assert batch["labels"].dtype == torch.long and batch["labels"].shape == (8,)
     # normalized: the fixture's 0..79 noise sits below the mean, its 255 squares far above
     assert batch["pixel_values"].max() > 1.5 and batch["pixel_values"].min() < 0
-    assert setup.model(**batch).loss is not None
-    assert setup.compute_metrics is not None and len(setup.train_dataset) == 16
+    out = setup.model(**batch)
+    assert out.logits.shape == (8, 10)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]))
+    # the task's metric: the share of argmax(logits) == label (here 6 of 8 right)
+    from transformers import EvalPrediction
+
+    logits = torch.zeros(8, 10)
+    logits[torch.arange(8), batch["labels"]] = 1.0
+    logits[:2, (batch["labels"][:2] + 1) % 10] = 2.0
+    metrics = setup.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=batch["labels"].numpy()))
+    assert metrics == {"accuracy": 0.75}
+    assert len(setup.train_dataset) == 16
 
 
 def test_mnist_model_variants(tmp_path, training_args):

@@ -52,13 +52,21 @@ def test_trainer_trains_with_adaopt_and_logs_diagnostics(tmp_path, route):
     assert type(unwrap_optimizer(trainer.optimizer)) is AdaOpt
     logs = _train_logs(trainer)
     assert len(logs) == 6
-    for entry in logs:
-        assert ADAOPT_KEYS <= set(entry)
-        assert all(isinstance(entry[k], (int, float)) for k in ADAOPT_KEYS)
     assert logs[-1]["loss"] < 0.85 * logs[0]["loss"]
     cb = next(c for c in trainer.callback_handler.callbacks if isinstance(c, AdaOptCallback))
     assert cb.trajectory["step"] == list(range(1, 61))
-    assert logs[-1]["adaopt/effective_lr"] == cb.trajectory["lr"][-1]
+    opt = unwrap_optimizer(trainer.optimizer)
+    for entry in logs:
+        assert ADAOPT_KEYS <= set(entry)
+        # learning_rate is the multiplier group["lr"] (constant here); the step taken is adaopt/effective_lr
+        assert entry["learning_rate"] == opt.param_groups[0]["lr"] == 1e-2
+        i = entry["step"] - 1  # the values after that step, as the trajectory recorded them
+        assert entry["adaopt/effective_lr"] == cb.trajectory["lr"][i]
+        for key in ("variance_factor", "landscape_factor", "base_scale"):
+            assert entry[f"adaopt/{key}"] == cb.trajectory[key][i], key
+    # the last log is read from the optimizer after the last step: exactly its diagnostics
+    assert {k: logs[-1][f"adaopt/{k}"] for k in DIAGNOSTIC_KEYS} == opt.diagnostics()
+    assert len({e["adaopt/effective_lr"] for e in logs}) > 1  # the step moved during training
 
 
 def test_optimizers_route_uses_the_trainers_decay_groups(tmp_path):

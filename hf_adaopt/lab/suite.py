@@ -15,8 +15,9 @@ offline (`hf_adaopt.lab.tasks.offline_data`), trained through the same Trainer p
 (`Workload.cells`); the long run also runs AdamW on warmup + cosine (`adamw-cosine`) and fewer seeds (`max_seeds`).
 The best-tuned AdamW of a workload is the best cell of either AdamW row.
 
-Runs are resumable (a run in results.jsonl is never run again; an AdaOpt run is keyed by a hash of
-optimizer.py, so a change to the optimizer reruns the cells of both AdaOpt rows and only those) and shardable (`--shard I/N`);
+Runs are resumable (a run in results.jsonl is never run again; an AdaOpt run is keyed by a hash of the code
+of hf_adaopt/core, `adaopt_source_key`, so a change to the library reruns the cells of both AdaOpt rows and only those, and a
+docstring or comment edit reruns nothing) and shardable (`--shard I/N`);
 `--num_proc N` (default: the CPU cores, at most 8; 1 on a GPU) runs N single-threaded shards at once. Options
 this command does not know (e.g. `--max_steps 5`) are passed to every run after the workload's own settings.
 The report (`hf_adaopt.lab.suite_report`) writes results.json, report.md and the plots.
@@ -228,19 +229,86 @@ def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds:
     return grid
 
 
-def optimizer_source_hash() -> str:
-    """A hash of hf_adaopt/core/optimizer.py: AdaOpt's results are only as current as the code that made them."""
-    from hf_adaopt.core import optimizer
+# What an AdaOpt run computes is the library: every .py and .cpp under hf_adaopt/core (the step, the fused step
+# and its kernel, the controller, the callback's loss feed, the Trainer glue, and any file added there later).
+CORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core")
+SOURCE_SUFFIXES = (".py", ".cpp")
 
-    with open(optimizer.__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:8]
+
+def _python_code(text: str) -> str:
+    """The code of a Python file: its AST without module/class/function docstrings, comments or layout.
+
+    Serialised field by field, leaving out None and empty-list fields, so that Python 3.10-3.13 give the same text
+    (3.12 added ``type_params=[]`` to every def, 3.13's ``ast.dump`` omits empty fields)."""
+    import ast
+
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+
+    def dump(value) -> str:
+        if isinstance(value, ast.AST):
+            fields = [(k, getattr(value, k, None)) for k in value._fields]
+            inner = ",".join(f"{k}={dump(v)}" for k, v in fields if v is not None and v != [])
+            return f"{type(value).__name__}({inner})"
+        if isinstance(value, list):
+            return "[" + ",".join(dump(v) for v in value) + "]"
+        return repr(value)
+
+    return dump(tree)
+
+
+def _cpp_code(text: str) -> str:
+    """The code of a C++ file: without // and /* */ comments and without whitespace outside literals."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c in "\"'":  # a string or char literal, escapes included, kept as written
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        else:
+            if not c.isspace():
+                out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def adaopt_source_key(core_dir: str | None = None) -> str:
+    """A hash of the code of hf_adaopt/core (every .py and .cpp, found by walking it): AdaOpt's results are only
+    as current as the code that made them. Docstrings, comments and layout are left out, so editing them reruns
+    nothing; a change to any statement of any file there (a new file included) reruns AdaOpt's cells."""
+    core_dir = core_dir or CORE_DIR
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(core_dir):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith(SOURCE_SUFFIXES)):
+            path = os.path.join(root, name)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            code = _python_code(text) if name.endswith(".py") else _cpp_code(text)
+            rel = os.path.relpath(path, core_dir).replace(os.sep, "/")
+            digest.update(f"{rel}\0{len(code)}\0{code}\0".encode())
+    return digest.hexdigest()[:12]
 
 
 def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.Job]:
     """A `runner.Job` per grid cell, with the run_id <workload>-<optimizer>-lr<lr>-seed<seed>-<hash>."""
     import torch
 
-    adaopt_hash = optimizer_source_hash()
+    adaopt_hash = adaopt_source_key()
     # Trainer refuses bf16 on a machine without a GPU unless told to use the CPU (autocast works there)
     cpu_bf16 = () if torch.cuda.is_available() else ("--use_cpu", "True")
     jobs = []
@@ -428,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
             "default_cell": DEFAULT_CELL, "passthrough": passthrough,
             "run_ids": [j.rid for j in jobs],
+            "adaopt_source": adaopt_source_key(),  # the code key AdaOpt's cells ran at (tests/test_suite.py)
             "environment": results.environment(),
         })
     done = results.finished_run_ids(output_dir)

@@ -297,11 +297,29 @@ def bench_markdown(bench: dict) -> str:
     return text
 
 
-# The README's generated blocks: marker name -> the committed file(s) it is rendered from (model_cards/results/).
-# Which generated blocks live in which file (paths from the repository root): the README keeps the summary, the
-# experiment guide what each workload is.
-README_BLOCKS = {"README.md": ("suite-results", "ablation", "bench"),
-                 os.path.join("training_scripts", "README.md"): ("suite-workloads",)}
+def bench_summary_markdown(bench: dict) -> str:
+    """The README's one paragraph on the step's cost: AdaOpt's rows of `bench_step.json`, each run named by its
+    setting (the full tables are the experiment guide's `bench` block)."""
+    def ratio(run: dict, optimizer: str, key: str) -> str:
+        row = next(r for r in run["rows"] if r["optimizer"] == optimizer)
+        return f"{row[key]:.2f}x"
+
+    runs = [bench, *bench.get("other_runs", [])]
+    fused = ", ".join(f"{ratio(run, 'AdaOpt (fused)', 'ratio_to_fused_adamw')} ({run['dtype']}, {run['threads']} "
+                      f"thread{'s' if run['threads'] > 1 else ''})" for run in runs)
+    state = next(r for r in bench["rows"] if r["optimizer"] == "AdaOpt (fused)")["state_bytes_per_param"]
+    return (f"AdaOpt's fused step (`fused=True`) costs {fused} torch's fused AdamW on this CPU, and its foreach step "
+            f"{ratio(bench, 'AdaOpt (foreach)', 'ratio_to_foreach_adamw')} foreach AdamW ({bench['dtype']}, "
+            f"{bench['threads']} thread); its state is {state:.2f} bytes per parameter "
+            f"({bench['num_params'] / 1e6:.1f}M transformer-shaped parameters, `model_cards/results/bench_step.json`).")
+
+
+# The generated blocks: which live in which file (paths from the repository root). The README keeps the summary
+# and the step cost in one paragraph; the experiment guide what each workload is and the step-cost tables; the
+# ablation its table beside its results.
+README_BLOCKS = {"README.md": ("suite-results", "bench-summary"),
+                 os.path.join("training_scripts", "README.md"): ("suite-workloads", "bench"),
+                 os.path.join("model_cards", "results", "ablation", "README.md"): ("ablation",)}
 
 
 def readme_blocks(results_dir: str) -> dict[str, str]:
@@ -317,7 +335,8 @@ def readme_blocks(results_dir: str) -> dict[str, str]:
     with open(os.path.join(results_dir, "bench_step.json"), encoding="utf-8") as f:
         bench = json.load(f)
     return {"suite-results": readme_section(suite), "ablation": ablation_markdown(variants, ablations, suite),
-            "bench": bench_markdown(bench), "suite-workloads": workloads_markdown(suite)}
+            "bench": bench_markdown(bench), "bench-summary": bench_summary_markdown(bench),
+            "suite-workloads": workloads_markdown(suite)}
 
 
 def replace_readme_blocks(readme: str, blocks: dict[str, str]) -> str:
@@ -449,7 +468,7 @@ def load_result(path: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--update_readme"]:  # developers: re-render the READMEs' blocks from model_cards/results/
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_adaopt/lab/..
         blocks = readme_blocks(os.path.join(root, "model_cards", "results"))
         for name, names in README_BLOCKS.items():
             path = os.path.join(root, name)
