@@ -192,18 +192,19 @@ class AdaOptCallback(TrajectoryCallback):
       ``variance_factor``, ``landscape_factor``, ``base_scale``; written to ``<output_dir>/lr_trajectory.json``
       at the end of training and kept across checkpoint resume.
 
-    * Horizon: when the Trainer's schedule is constant, the Trainer's ``max_steps`` goes to
+    * Horizon (``horizon=True``): when the Trainer's schedule is constant, the Trainer's ``max_steps`` goes to
       ``optimizer.set_total_steps`` at the start of training (unless the optimizer has a ``total_steps`` already),
       so that AdaOpt decays its step over the last 20% of the run. Another schedule is in charge of the decay itself.
 
     Args:
         feed_loss: capture the training loss and give it to the optimizer (default True).
-        horizon: hand the Trainer's ``max_steps`` to the optimizer (default True).
+        horizon: hand the Trainer's ``max_steps`` to the optimizer (default False: on the suite's short runs the decay
+            it brings was mixed, and the long run it is for is not measured yet; see the README's known gaps).
     """
 
     trajectory_keys = ("step", "lr", *_ADAOPT_TRAJECTORY_KEYS)
 
-    def __init__(self, feed_loss: bool = True, horizon: bool = True):
+    def __init__(self, feed_loss: bool = True, horizon: bool = False):
         super().__init__()
         self.feed_loss = feed_loss
         self.horizon = horizon
