@@ -27,10 +27,10 @@ SETTINGS: dict[str, Any] = {
     "signal_scaled_target": True,  # scale the target by the signal share (0 at the noise floor)
     "momentum_noise": True,  # damp by the momentum's signal share rather than one gradient's
     "tracking": False,  # steer d to the greedy step the reading measured, against the steps it read (not d)
-    "window_growth": 2.0,  # tracking: the most d grows over the readings' memory, 1 / (1 - beta1) steps
+    "window_growth": 4.0,  # the most d grows over the readings' memory, 1 / (1 - beta1) steps (capped_growth, tracking)
     "ramp": False,  # tracking: during warmup, double d each step while the reading is clearly linear (r >= 1/2)
     "earned_decay": False,  # the horizon's decay goes to d * S/(S+N) at the end, not to 0
-    "capped_growth": False,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps
+    "capped_growth": True,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps (v8)
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -42,7 +42,7 @@ BEFORE_SETTING = {
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,
        "secant_target": 0.0, "signal_scaled_target": False, "symmetric_damping": False, "trust_bounds": True,
-       "momentum_noise": False}
+       "momentum_noise": False, "capped_growth": False}
 
 
 def _on(base: dict, **change: Any) -> dict:
@@ -95,6 +95,13 @@ VARIANTS: dict[str, dict | None] = {
     "v6c": _on(_V5E, signal_scaled_target=False),
     "v7a": _V5E,
     "v7b": _V5E,
+    # third generation (issue 19), each on both paths, seed 0, lr 1e-3 (model_cards/results/ablation/README.md)
+    "v8a": _on(_V5E, tracking=True, window_growth=2.0),
+    "v8b": _on(_V5E, tracking=True, window_growth=4.0),
+    "v8c": _on(_V5E, tracking=True, window_growth=4.0, ramp=True),
+    "v8d": _on(_V5E, earned_decay=True),
+    "v8e": _on(_V5E, capped_growth=True, window_growth=2.0),
+    "v8f": _on(_V5E, capped_growth=True, window_growth=4.0),
 }
 # Code that changed under the switches since a row ran (its rerun differs from the committed numbers).
 CODE_CHANGES = (
