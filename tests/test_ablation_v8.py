@@ -1,0 +1,15 @@
+"""The v8 ablation table is rendered from the probe runs committed beside it."""
+
+import importlib.util
+import os
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "ablation_v8_table.py")
+
+
+def test_the_committed_v8_table_is_a_fresh_render_of_its_runs():
+    spec = importlib.util.spec_from_file_location("ablation_v8_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
+        assert f.read() == module.render()
+    assert "| v8f | v7b capped at 4x, no horizon: the new default | plain | 95.56" in module.render()
