@@ -17,8 +17,8 @@ Recommended ``TrainingArguments``:
 * ``max_grad_norm``: the Trainer's default 1.0 or 0 (off): the secant normalizes each directional derivative by
   the norm of the gradient it was measured with, so clipping does not bias it (the suite runs both).
 * ``learning_rate``: a multiplier and the ratio between groups, not the step: AdaOpt's step starts at Polyak's
-  step from the first loss (which `AdaOptCallback` feeds) whatever the lr (``initial_decrease=None,
-  initial_scale=None`` make the lr the first step again).
+  step from the first loss (which `AdaOptCallback` feeds) whatever the lr; each group counts in that start in
+  proportion to its lr ratio (a frozen group for nothing).
 """
 
 from __future__ import annotations
