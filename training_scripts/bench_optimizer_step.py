@@ -195,6 +195,12 @@ class Runner:
         return self.clock() - start
 
 
+
+def step_ratio(times: list[float], reference: list[float]) -> float:
+    """The median of the per-step ratios of two interleaved timings (not the ratio of their medians: a load spike
+    that hits one step of both cancels in its ratio)."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_params", type=float, default=25e6, help="target parameter count (default 25e6)")
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * (len(header) - 1))
 
     def ratio(name: str, ref: str) -> float:
-        return statistics.median(t / r for t, r in zip(times[name], times[ref], strict=True))
+        return step_ratio(times[name], times[ref])
 
     rows = []
     for name in names:
