@@ -13,7 +13,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from hf_adaopt import AdaOpt
 from hf_adaopt.core._variants import build as build_variant
 
 STEPS = 80

@@ -7,8 +7,6 @@ import importlib.util
 import json
 import os
 
-import pytest
-
 from hf_adaopt.lab.suite_report import bench_markdown
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "bench_optimizer_step.py")

@@ -14,8 +14,8 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import DefaultFlowCallback
 
 from hf_adaopt import AdaOpt, AdaOptCallback
-from hf_adaopt.lab.trajectory import LRTrajectoryCallback
 from hf_adaopt.core.callback import DIAGNOSTIC_KEYS, unwrap_optimizer
+from hf_adaopt.lab.trajectory import LRTrajectoryCallback
 
 
 def _args(tmp_path, **kw):

@@ -28,6 +28,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab import hub, render, results
 from hf_adaopt.lab import report as report_mod
 from hf_adaopt.lab import run as run_mod
@@ -47,7 +48,6 @@ from hf_adaopt.lab.compare_args import (
     task_defaults,
     without_option,
 )
-from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab.runner import (
     _INTERRUPT,
     Job,

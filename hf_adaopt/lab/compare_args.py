@@ -11,10 +11,10 @@ import os
 import shutil
 from collections.abc import Sequence
 
+from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab import hub, registry, results
 from hf_adaopt.lab import run as run_mod
 from hf_adaopt.lab.analysis import DEFAULT_THRESHOLD_FRACTION
-from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab.plots import PLOT_FILES
 from hf_adaopt.lab.run import ensure_writable_dir
 from hf_adaopt.lab.runner import (

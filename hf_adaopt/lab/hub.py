@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab import results as store
 from hf_adaopt.lab.cards import REDACTED, _redact, build_model_card, build_results_card
-from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab.tasks.base import offline_variable, unreachable_errors
 
 logger = get_logger(__name__)

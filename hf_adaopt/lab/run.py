@@ -36,11 +36,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hf_adaopt.core.logs import get_logger
+
 # transformers (and the Trainer pieces built on it: trainer.py, callback.py) is imported inside the functions that
 # train or parse: importing this module, e.g. for `hf-adaopt compare --help`, does not pay for it.
 from hf_adaopt.lab import hub, registry, results
 from hf_adaopt.lab.hub import HubPushError
-from hf_adaopt.core.logs import get_logger
 from hf_adaopt.lab.tasks import TASK_NAMES, DataUnavailableError, TaskArguments, get_task
 from hf_adaopt.lab.tasks.base import DataFileError, check_data_files
 from hf_adaopt.lab.tasks.offline_data import MissingPackageError, is_offline_dataset, missing_source

@@ -74,7 +74,10 @@ def random_affine(pixels: torch.Tensor, generator: torch.Generator | None = None
 
 
 def build_model(variant: str | None, shape, id2label: dict[int, str]):
-    from hf_adaopt.lab.models import VGGConfig, VGGForImageClassification  # transformers: when a model is built
+    from hf_adaopt.lab.models import (  # transformers: when a model is built
+        VGGConfig,
+        VGGForImageClassification,
+    )
 
     match = _VARIANT.match(variant or "vgg16")
     if match is None:
