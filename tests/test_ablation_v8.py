@@ -13,3 +13,13 @@ def test_the_committed_v8_table_is_a_fresh_render_of_its_runs():
     with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
         assert f.read() == module.render()
     assert "| v8f | v7b capped at 4x, no horizon: the new default | plain | 95.56" in module.render()
+
+
+def test_the_committed_long_run_table_is_a_fresh_render_of_its_runs():
+    script = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "long_run_table.py")
+    spec = importlib.util.spec_from_file_location("long_run_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
+        assert f.read() == module.render()
+    assert "| `adamw-cos` |" in module.render() and "+0.0%" in module.render()
