@@ -248,6 +248,11 @@ class _Carry:
         self.refs = [weakref.ref(t) for t in watched]
         self.versions = [t._version for t in watched]
         self.stats = stats
+        self.states = list(tensors["states"])  # whose sums the columns are (for checkpoints)
+
+    def current(self) -> bool:
+        """Nothing it watches has been replaced or written since the update."""
+        return all(r() is not None and r()._version == k for r, k in zip(self.refs, self.versions))
 
     def valid_for(self, tensors: dict) -> bool:
         watched = _watched(tensors)
@@ -259,10 +264,23 @@ def _watched(tensors: dict) -> list[Tensor]:
     return [*tensors["exp_avgs"], *tensors["exp_avg_sqs"], *tensors["directions"], *tensors["params"]]
 
 
-# Per-parameter state: the fused update's float64 sums for the next step (a column of ``carried``), kept so that they
-# reach checkpoints (``AdaOpt.load_state_dict`` puts them back unrounded: the base class casts state to the
-# parameter's dtype).
+# Per-parameter state: the fused update's float64 sums for the next step (a column of ``carried``), written when a
+# state dict is taken (not every step) so that they reach checkpoints; ``AdaOpt.load_state_dict`` puts them back
+# unrounded (the base class casts state to the parameter's dtype).
 SUMS_KEY = "fused_sums"
+
+
+def keep_sums_for_checkpoint(optimizer) -> None:
+    """Put the last fused update's sums in the per-parameter state, if they still describe it (else none). Loaded sums
+    that no step has read yet are kept as they are."""
+    if optimizer.__dict__.get("_sums_loaded"):
+        return
+    for state in optimizer.state.values():
+        state.pop(SUMS_KEY, None)
+    carry = optimizer.__dict__.get("_fused_carry")
+    if carry is not None and carry.current():
+        for state, column in zip(carry.states, carry.stats.unbind(1)):
+            state[SUMS_KEY] = column
 
 
 def with_fallback(optimizer, stats_fn, apply_fn):
@@ -303,19 +321,14 @@ def with_fallback(optimizer, stats_fn, apply_fn):
                     tensors["states"][i]["step"] += 1
                 fall_back(exc, len(written), len(versions))
                 rest = sorted(set(range(len(versions))) - set(written))
-                for state in tensors["states"]:
-                    state.pop(SUMS_KEY, None)
                 if rest:  # this step's masked-element count of the written tensors is lost with the call's result
                     tensors, plan = _select(tensors, rest), {k: [v[i] for i in rest] for k, v in plan.items()}
                     apply_fn(cast_grads(tensors), plan)
                 return
-            for i, state in enumerate(tensors["states"]):
+            for state in tensors["states"]:
                 state["step"] += 1
-                state[SUMS_KEY] = carried[:, i]
             optimizer._fused_carry = _Carry(tensors, carried)
             return
-        for state in tensors["states"]:
-            state.pop(SUMS_KEY, None)
         apply_fn(cast_grads(tensors), plan)
 
     return stats, apply

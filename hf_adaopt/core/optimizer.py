@@ -95,7 +95,7 @@ from torch.optim import Optimizer
 from hf_adaopt.core import _variants, functional
 from hf_adaopt.core.controller import CONTROLLER_DEFAULTS, plan_step, read_scalars
 from hf_adaopt.core.functional import cast_grads, local_shard, state_dtype, subsample
-from hf_adaopt.core.fused import SUMS_KEY
+from hf_adaopt.core.fused import SUMS_KEY, keep_sums_for_checkpoint
 from hf_adaopt.core.logs import get_logger
 
 __all__ = ["AdaOpt"]
@@ -295,6 +295,11 @@ class AdaOpt(Optimizer):
             "loss_spikes": group["loss_spikes"],
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with the fused step's sums for the next step (exact resume on the fused path)."""
+        keep_sums_for_checkpoint(self)
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load the state as torch does, hooks included; another optimizer's or model's state is refused.
 
@@ -365,6 +370,7 @@ class AdaOpt(Optimizer):
 
         # 1. every scalar that sets the step, on the device, stacked
         stats = stats_fn(tensors)
+        self.__dict__.pop("_sums_loaded", None)  # loaded sums describe the state before this step only
         first_l1 = None
         if self.param_groups[0]["base_scale"] is None and self.param_groups[0].get("initial_decrease"):
             if pending is None:
