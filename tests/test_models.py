@@ -135,3 +135,13 @@ def test_bilstm_attention_ignores_padding():
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2))
     # the mask defaults to "not the pad token"
     torch.testing.assert_close(model(padded).logits, out.logits)
+
+
+def test_charlm_model_variants_have_the_documented_sizes_and_an_unknown_one_is_named():
+    from hf_adaopt.lab.tasks import charlm
+
+    sizes = {v: sum(p.numel() for p in charlm.build_model(64, v).parameters()) for v in charlm.MODELS}
+    assert sizes == {"d128": 834_304, "d64": 220_544}  # the docstring's 0.8M and 0.22M (tied embeddings)
+    assert sum(p.numel() for p in charlm.build_model(64).parameters()) == sizes[charlm.DEFAULT_MODEL]
+    with pytest.raises(ValueError, match=r"Unknown --model 'd32' for task charlm; choose one of \('d128', 'd64'\)"):
+        charlm.build_model(64, "d32")

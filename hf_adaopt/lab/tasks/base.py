@@ -52,7 +52,9 @@ class TaskArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
     model: str | None = field(
-        default=None, metadata={"help": "Architecture variant: mnist 'cnn' (default) | 'mlp'; digits 'mlp' | 'cnn'."}
+        default=None,
+        metadata={"help": "Architecture variant: mnist 'cnn' (default) | 'mlp'; digits 'mlp' | 'cnn'; charlm 'd128' "
+                  "(default) | 'd64'."}
     )
     model_name_or_path: str | None = field(
         default=None,
