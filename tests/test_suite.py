@@ -411,6 +411,75 @@ def test_a_diverged_language_model_counts_as_the_worst_result():
     assert lm["adaopt"]["worst_lr"] == 1e-2 and lm["adaopt"]["worst_gap"] == -math.inf
 
 
+def _targets_synthetic():
+    """Suite v2's axes in miniature: a clipped LM and the same without clipping, a long LM with AdamW on cosine and
+    Schedule-Free, and a fine-tune with discriminative lrs; both AdaOpt rows everywhere (fed: first step 1e-4 clipped,
+    7e-4 unclipped; plain: 2e-4 on both; plain diverges on one seed of the fine-tune)."""
+    recs, specs = [], {}
+    base = ["--max_steps", "250"]
+    plan = {
+        "lm": ("bpc", base, {("adamw", 1e-3): 2.0, ("adaopt", 1e-6): 2.01, ("adaopt", 1e-1): 2.01,
+                             ("adaopt-plain", 1e-6): 2.1, ("adaopt-plain", 1e-1): 2.1}),
+        "lm-noclip": ("bpc", [*base, "--max_grad_norm", "0"],
+                      {("adamw", 1e-3): 2.0, ("adaopt", 1e-6): 2.2, ("adaopt", 1e-1): 2.2,
+                       ("adaopt-plain", 1e-6): 2.0, ("adaopt-plain", 1e-1): 2.0}),
+        "long": ("bpc", ["--max_steps", "3000"],
+                 {("adamw", 1e-3): 1.9, ("adamw-cosine", 3.16e-3): 1.8, ("schedulefree", 2.5e-3): 1.85,
+                  ("adaopt", 1e-1): 1.98, ("adaopt-plain", 1e-1): 1.81}),
+        "discr": ("accuracy", ["--body_lr_scale", "0.01"],
+                  {("adamw", 1e-3): 80.0, ("adaopt", 1e-6): 79.5, ("adaopt", 1e-1): 79.5,
+                   ("adaopt-plain", 1e-6): 70.0, ("adaopt-plain", 1e-1): 70.0}),
+    }
+    for name, (metric, args, cells) in plan.items():
+        specs[name] = {"metric": metric, "task": "charlm", "args": ["--lr_scheduler_type", "constant", *args]}
+        for seed in (0, 1):
+            for (opt, lr), value in cells.items():
+                r = _record(name, metric, opt, lr, seed, value)
+                if opt.startswith("adaopt"):
+                    first = 2e-4 if opt == "adaopt-plain" else (7e-4 if name == "lm-noclip" else 1e-4)
+                    r["lr_trajectory"] = {"step": [1, 2], "lr": [first, first / 2]}
+                if name == "discr" and opt == "adaopt-plain" and lr == 1e-6 and seed == 1:
+                    r["eval"]["eval_accuracy"] = None  # a run that ended non-finite
+                recs.append(r)
+    config = {"workloads": specs, "default_cell": suite.DEFAULT_CELL, "run_ids": [r["run_id"] for r in recs],
+              "seeds": [0, 1]}
+    return config, recs
+
+
+def test_the_targets_are_measured_per_adaopt_row_from_its_default_cells():
+    config, recs = _targets_synthetic()
+    t = suite_analysis.analyze(config, recs)["targets"]
+    fed, plain = t["adaopt"], t["adaopt-plain"]
+    assert set(fed["short"]) == {"lm", "lm-noclip", "discr"} and set(fed["long"]) == {"long"}
+    assert math.isclose(fed["short"]["lm"], -0.5, rel_tol=1e-6) and math.isclose(fed["long"]["long"], -10.0)
+    # the long run against Schedule-Free: the row's gap minus Schedule-Free's (-2.78%)
+    assert math.isclose(plain["long_vs_schedulefree"]["long"], -0.5556 + 2.7778, rel_tol=1e-3)
+    assert fed["clipping"] == {"lm-noclip / lm": pytest.approx(7.0)}
+    assert plain["clipping"] == {"lm-noclip / lm": pytest.approx(1.0)}
+    assert fed["groups"] == {"discr": pytest.approx(-0.5)} and plain["diverged"] == ["discr"]
+    assert fed["diverged"] == [] and fed["same_from_every_lr"] == [3, 3]
+    assert plain["same_from_every_lr"] == [2, 3]  # the diverged seed makes its two lrs differ on discr
+
+
+def test_the_readme_block_of_a_v2_result_states_each_target_for_both_rows(tmp_path):
+    config, recs = _targets_synthetic()
+    (tmp_path / "suite_config.json").write_text(json.dumps(config))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    result = suite_report.build_report(str(tmp_path))
+    block = " ".join(suite_report.readme_section(result).split())
+    assert "| target (issue 19) | AdaOpt | AdaOpt (no loss) |" in block
+    assert ("| short workloads: within 1 point / 1% of the best-tuned AdamW, on all | 2 of 3; misses: lm-noclip "
+            "-10.00% | 1 of 3; misses: lm -5.00%, discr -10.00 |") in block
+    assert "| long run: within 1% of the best AdamW (lr x {constant, warmup + cosine}) | 0 of 1; misses: long -10.00%" \
+        in block
+    assert "| clipping: first step without / with clipping (target 1.00x) | 7.00x | 1.00x |" in block
+    assert "| never diverges: workloads with a non-finite run | none | discr |" in block
+    # both paths per workload, with the first and last step, and Schedule-Free at its default
+    assert "| long (bpc) | 1.800 at 0.00316 (AdamW + cosine) | 1.980 ± 0.000 (-10.00%) | 1.0e-04 → 5.0e-05 |" in block
+    assert "1.810 ± 0.000 (-0.56%) | 2.0e-04 → 1.0e-04 | 1.850 ± 0.000 (-2.78%) |" in block
+    assert "| AdaOpt (0.1) | 4 |" in block  # every optimizer at its default: the workloads it ran
+
+
 # ------------------------------------------------------------------------------------ committed results
 
 COMMITTED = os.path.join(REPO, "model_cards", "results", "suite")

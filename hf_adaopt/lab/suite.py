@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed_list", default=None, help="explicit comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--lrs", default=None,
                    help="initial lrs of the swept rows (both AdaOpt rows, both AdamW rows) wherever they run (default: "
-                   "AdaOpt 1e-6 and 1e-1, AdamW 1e-6 ... 1e-1 in half decades; a workload's own cells elsewhere)")
+                   "AdaOpt 1e-6 and 1e-1, AdamW 1e-5 ... 1e-2 in half decades; a workload's own cells elsewhere)")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help=f"default {DEFAULT_OUTPUT_DIR}")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N interleaved parts")
     p.add_argument(

@@ -216,6 +216,66 @@ def _same_lr(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-6)
 
 
+def _default_of(w: dict, row: str, default_cell: dict) -> dict | None:
+    """`row`'s cell at its default lr on workload `w` (None where it did not run there)."""
+    return next((c for c in w["cells"] if c["optimizer"] == row and _same_lr(c["lr"], default_cell.get(row))), None)
+
+
+def _without_option(args: Sequence[str], option: str, value: str) -> list[str] | None:
+    """`args` without the pair `option value`, or None when they lack it."""
+    args = list(args)
+    for i in range(len(args) - 1):
+        if args[i] == option and args[i + 1] == value:
+            return args[:i] + args[i + 2:]
+    return None
+
+
+def targets(workloads: dict, specs: dict, default_cell: dict) -> dict:
+    """Issue 19's targets, measured per AdaOpt row at its default cell (gaps to the best-tuned AdamW, signed as
+    everywhere: negative is worse):
+
+    - ``short`` / ``long``: the gap per workload; long = a workload where AdamW ran on warmup + cosine too;
+    - ``long_vs_schedulefree``: the row's gap minus Schedule-Free's (at its default) on each long workload;
+    - ``same_from_every_lr``: workloads where every initial lr of the row gave the same values, of those with two;
+    - ``clipping``: per pair (clipped, unclipped: the same settings and ``--max_grad_norm 0``), the first step without
+      clipping over the first step with it (1 = invariant);
+    - ``groups``: the gap on the workloads with discriminative lrs (``--body_lr_scale``);
+    - ``diverged``: the workloads where a run of the row ended non-finite.
+    """
+    long = [n for n, w in workloads.items() if any(c["optimizer"] == "adamw-cosine" for c in w["cells"])]
+    pairs = []
+    for n, spec in specs.items():
+        base = _without_option(spec.get("args", []), "--max_grad_norm", "0")
+        pairs += [(m, n) for m, other in specs.items() if m != n and base is not None and list(other.get("args", []))
+                  == base and m in workloads and n in workloads]
+    out = {}
+    for row in registry.ADAOPT_ROWS:
+        t = {"short": {}, "long": {}, "long_vs_schedulefree": {}, "same_from_every_lr": [0, 0], "clipping": {},
+             "groups": {}, "diverged": []}
+        for n, w in workloads.items():
+            cell = _default_of(w, row, default_cell)
+            if cell is None or "gap" not in cell:
+                continue
+            t["long" if n in long else "short"][n] = cell["gap"]
+            sf = _default_of(w, "schedulefree", default_cell)
+            if n in long and sf is not None:
+                t["long_vs_schedulefree"][n] = cell["gap"] - sf["gap"]
+            if "--body_lr_scale" in specs.get(n, {}).get("args", []):
+                t["groups"][n] = cell["gap"]
+            cells = [c for c in w["cells"] if c["optimizer"] == row]
+            if len(cells) > 1:
+                t["same_from_every_lr"][1] += 1
+                t["same_from_every_lr"][0] += all(c["values"] == cells[0]["values"] for c in cells)
+            if any(v == _worst_value(w["metric"]) or math.isnan(v) for c in cells for v in c["values"]):
+                t["diverged"].append(n)  # a run that ended non-finite counts as the worst value (_worst_value)
+        for clipped, unclipped in pairs:
+            a, b = (_default_of(workloads[x], row, default_cell) for x in (clipped, unclipped))
+            if a and b and a["effective_lr_start"] > 0.0:
+                t["clipping"][f"{unclipped} / {clipped}"] = b["effective_lr_start"] / a["effective_lr_start"]
+        out[row] = t
+    return out
+
+
 def analyze(config: dict, records: Sequence[dict]) -> dict:
     default_cell = config.get("default_cell", {})
     workloads = {}
@@ -252,5 +312,6 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
         "workloads": workloads, "workload_order": list(workloads), "summary": summary,
         **ada_worst,
+        "targets": targets(workloads, config.get("workloads", {}), default_cell),
         "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if tuned_sf and len(tuned_sf) == len(sf_workloads) else None,
     }

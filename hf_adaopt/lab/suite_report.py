@@ -198,6 +198,105 @@ def ablation_markdown(variants: dict, results: dict[str, dict], reference: dict)
     return _table(header, rows)
 
 
+def _default_cell(w: dict, row: str) -> dict | None:
+    """`row`'s cell at its default lr on workload `w` (from the ranked defaults), or None."""
+    lr = next((d["lr"] for d in w.get("defaults", []) if d["optimizer"] == row), "none")
+    return next((c for c in w["cells"] if c["optimizer"] == row and c["lr"] == lr), None)
+
+
+def _mean_std(c: dict | None, metric: str) -> str:
+    if c is None:
+        return "–"
+    digits = 2 if metric == "accuracy" else 3
+    if not math.isfinite(c["mean"]):
+        return "diverged"
+    spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
+    return f"{c['mean']:.{digits}f}{spread} ({_fmt_gap(c.get('gap'), metric)})"
+
+
+def _steps(c: dict | None) -> str:
+    if c is None or not all(math.isfinite(c.get(k, math.nan)) for k in ("effective_lr_start", "effective_lr_end")):
+        return "–"
+    return f"{c['effective_lr_start']:.1e} → {c['effective_lr_end']:.1e}"
+
+
+def paths_markdown(result: dict) -> str:
+    """Both AdaOpt rows at their default on every workload, beside the best-tuned AdamW and Schedule-Free at its
+    default: mean ± std over seeds (gap), and the step each row took first and last (mean over seeds)."""
+    rows_run = _adaopt_rows(result)
+    header = ["workload (metric)", "best-tuned AdamW"]
+    for row in rows_run:
+        header += [registry.label(row), "its step: first → last"]
+    header.append("Schedule-Free AdamW (2.5e-3)")
+    rows = []
+    for name, w in result["workloads"].items():
+        if "best_adamw" not in w:
+            continue
+        metric, best = w["metric"], w["best_adamw"]
+        digits = 2 if metric == "accuracy" else 3
+        line = [f"{name} ({'acc %' if metric == 'accuracy' else 'bpc'})",
+                f"{best['mean']:.{digits}f} at {_best_adamw_cell(best)}"]
+        for row in rows_run:
+            c = _default_cell(w, row)
+            line += [_mean_std(c, metric), _steps(c)]
+        line.append(_mean_std(_default_cell(w, "schedulefree"), metric))
+        rows.append(line)
+    return _table(header, rows)
+
+
+def _gaps_text(gaps: dict, metric_of: dict, tolerance: float) -> str:
+    """"k of n" within tolerance, and the misses by how much."""
+    misses = [f"{n} {_fmt_gap(g, metric_of[n])}" for n, g in gaps.items() if not g >= -tolerance]
+    text = f"{len(gaps) - len(misses)} of {len(gaps)}"
+    return text + (f"; misses: {', '.join(misses)}" if misses else "")
+
+
+def targets_markdown(result: dict) -> str:
+    """Issue 19's targets, one line each, per AdaOpt row (``suite_analysis.targets``)."""
+    targets = result.get("targets", {})
+    rows_run = [row for row in registry.ADAOPT_ROWS if row in targets]
+    metric_of = {n: w["metric"] for n, w in result["workloads"].items()}
+    tol = result.get("tolerance", TOLERANCE)
+
+    def per_row(fn):
+        return [fn(targets[row]) for row in rows_run]
+
+    def signed(d: dict) -> str:
+        return ", ".join(f"{n} {_fmt_gap(g, metric_of[n])}" for n, g in d.items()) or "–"
+
+    lines = [
+        [f"short workloads: within {tol:g} point / {tol:g}% of the best-tuned AdamW, on all",
+         *per_row(lambda t: _gaps_text(t["short"], metric_of, tol))],
+        [f"long run: within {tol:g}% of the best AdamW (lr x {{constant, warmup + cosine}})",
+         *per_row(lambda t: _gaps_text(t["long"], metric_of, tol))],
+        ["long run: ahead of Schedule-Free at its default (gap minus its gap)",
+         *per_row(lambda t: signed(t["long_vs_schedulefree"]))],
+        ["the same runs from lr 1e-6 and 1e-1 (workloads)",
+         *per_row(lambda t: f"{t['same_from_every_lr'][0]} of {t['same_from_every_lr'][1]}")],
+        ["clipping: first step without / with clipping (target 1.00x)",
+         *per_row(lambda t: ", ".join(f"{v:.2f}x" for v in t["clipping"].values()) or "–")],
+        ["discriminative lrs (body 0.01x; frozen at 0): gap", *per_row(lambda t: signed(t["groups"]))],
+        ["never diverges: workloads with a non-finite run", *per_row(lambda t: ", ".join(t["diverged"]) or "none")],
+    ]
+    return _table(["target (issue 19)", *[registry.label(row) for row in rows_run]], lines)
+
+
+def defaults_markdown(result: dict) -> str:
+    """Every optimizer at its default across the workloads it ran: mean rank, mean and worst gap (the narrow form of
+    `summary_markdown`, for the README)."""
+    metric_of = {n: w["metric"] for n, w in result["workloads"].items()}
+    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], registry.order_key(o)))
+    rows = []
+    for opt in order:
+        s = result["summary"][opt]
+        lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
+                   if d["optimizer"] == opt), None)
+        worst = min(s["gaps"], key=lambda n: s["gaps"][n])
+        rows.append([f"{registry.label(opt)} ({_lr(lr)})", str(len(s["gaps"])), f"{s['mean_rank']:.2f}",
+                     f"{s['mean_gap']:+.2f}", f"{_fmt_gap(s['gaps'][worst], metric_of[worst])} ({worst})"])
+    return _table(["optimizer (default lr)", "workloads", "mean rank", "mean gap", "worst gap"], rows)
+
+
 def readme_section(result: dict) -> str:
     """The README's results block: rendered from a committed results.json, so a test can hold the two equal."""
     versions = result.get("environment", {}).get("versions", {})
@@ -206,12 +305,27 @@ def readme_section(result: dict) -> str:
         f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`. The runs took "
         f"{result['run_seconds'] / 3600:.1f} h of process time, {result['run_seconds'] / 7200:.1f} h on two cores "
         "(other jobs shared the machine part of the time).", "",
-        "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
-        "character; negative is worse; `#` = rank among the defaults; mean gap = the mean of the six, points and % "
-        "alike):", "",
-        summary_markdown(result), "",
-        "**AdaOpt from every initial lr** (mean ± std over seeds):", "",
-        adaopt_sweep_markdown(result),
+    ]
+    if "targets" not in result:  # a suite v1 result: one AdaOpt row from six lrs
+        lines += [
+            "**Every optimizer at its default** (gap to the best-tuned AdamW: accuracy points, or % of bits per "
+            "character; negative is worse; `#` = rank among the defaults; mean gap = the mean of the six, points and "
+            "% alike):", "",
+            summary_markdown(result), "",
+            "**AdaOpt from every initial lr** (mean ± std over seeds):", "",
+            adaopt_sweep_markdown(result),
+        ]
+        return "\n".join(lines)
+    lines += [
+        "**Issue 19's targets**, each AdaOpt row at its default (gaps to the best-tuned AdamW: accuracy points, or % "
+        "of bits per character; negative is worse):", "",
+        targets_markdown(result), "",
+        "**Both paths on every workload** (mean ± std over seeds, and the gap; the step: the effective lr at the first "
+        "and the last step, mean over seeds):", "",
+        paths_markdown(result), "",
+        "**Every optimizer at its default** (mean rank among the optimizers each workload ran; mean gap over the "
+        "workloads, points and % alike):", "",
+        defaults_markdown(result),
     ]
     return "\n".join(lines)
 
@@ -257,7 +371,7 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         f"Runs: {result['n_runs']} of {result['n_planned']} planned; seeds {result.get('seeds')}; "
         f"{result['run_seconds'] / 60:.1f} min of training runs (summed over processes).", "",
         f"Environment: {env.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
-        "Gaps are to the best-tuned AdamW cell (the best of the AdamW rows' initial lrs: 1e-6 ... 1e-1 in half "
+        "Gaps are to the best-tuned AdamW cell (the best of the AdamW rows' initial lrs: 1e-5 ... 1e-2 in half "
         "decades on the default grid, the workload's own lrs elsewhere, and on a workload that runs it AdamW on "
         "warmup + cosine too); negative is worse: accuracy points, or percent of bits per character. Ranks are among "
         "the optimizers at their defaults on that workload (1 = best; workloads with their own cell list run fewer "
