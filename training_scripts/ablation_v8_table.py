@@ -28,6 +28,8 @@ VARIANTS = (
     ("cap2", "v8e", "v7b with its growth capped at 2x per 1/(1-beta1) steps, horizon handed over (plain path)"),
     ("cap4", "v8f-h", "v7b capped at 4x, horizon handed over (plain path)"),
     ("cap4nh", "v8f", "v7b capped at 4x, no horizon: the new default"),
+    ("ceilref", "v9a", "not adopted: v8f with the progress ceiling counted from max(d0, the plain start: 1% of the "
+                       "weights' RMS), fed path only (`ceilref/variant.patch` on 938ae68)"),
 )
 
 
