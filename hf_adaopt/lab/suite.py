@@ -89,12 +89,12 @@ def _focused_cells(adamw_lrs: tuple[float, ...]) -> tuple[tuple[str, tuple[float
 
 
 # The long run: AdaOpt's rows at one lr (from either, the same run: the short workloads check it), AdamW tuned over
-# lr x {constant, warmup + cosine} around the half decades where its best lies (the d128 long-run record,
-# model_cards/results/long-run: 1e-3 constant, 3.16e-3 cosine; a model of half the width takes up to ~2x the lr),
-# Schedule-Free at its default.
+# lr x {constant, warmup + cosine}, each row's best cell with a worse one on either side (on seed 0 of this run the
+# best were 3.16e-3 constant and 1e-2 cosine, the top of the first cells chosen from the d128 record's 1e-3 and
+# 3.16e-3, so one more half decade was added to each), Schedule-Free at its default.
 LONG_CELLS = (
     ("adaopt", (ADAOPT_LRS[-1],)), ("adaopt-plain", (ADAOPT_LRS[-1],)),
-    ("adamw", (1e-3, 3.16e-3)), ("adamw-cosine", (1e-3, 3.16e-3, 1e-2)),
+    ("adamw", (1e-3, 3.16e-3, 1e-2)), ("adamw-cosine", (1e-3, 3.16e-3, 1e-2, 3.16e-2)),
     ("schedulefree", (SCHEDULEFREE_LR,)),
 )
 CHARLM_ARGS = ("--max_seq_length", "64", "--per_device_train_batch_size", "16")
