@@ -119,3 +119,15 @@ def test_a_corrupt_compare_config_is_named(tmp_path, capsys):
         compare.main(["--optimizers", "sgd", "--seeds", "1", "--output_dir", str(tmp_path)])
     assert exc.value.code == 2
     assert f"{os.path.join(str(tmp_path), 'compare_config.json')} is not valid JSON" in capsys.readouterr().err
+
+
+def test_the_environment_names_the_checkouts_git_revision():
+    """Results record the commit they ran at (the source checkout is the repository root, above hf_adaopt/lab)."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(results.__file__))))
+    if not os.path.exists(os.path.join(repo, ".git")):
+        pytest.skip("not a git checkout (an installed copy)")
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert results.environment()["versions"]["hf-adaopt git"].split("+")[0] == head

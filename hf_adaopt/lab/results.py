@@ -201,7 +201,7 @@ def _versions(names: dict[str, str]) -> dict[str, str]:
 
 def _git_revision() -> str | None:
     """`<short hash>[+dirty]` of the hf_adaopt source checkout, when it is one (AdaOpt changes between commits)."""
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_adaopt/lab/.. /..
     if not os.path.exists(os.path.join(src, ".git")):  # a directory, or a file in a git worktree
         return None
 
