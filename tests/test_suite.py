@@ -382,8 +382,14 @@ def test_the_report_renders_both_adaopt_rows_and_the_cosine_reference(tmp_path):
     assert result["plots"] == ["lr_sensitivity.png", "effective_lr.png"]
 
 
-def test_the_committed_v1_results_still_render_with_one_adaopt_row():
-    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+def test_a_v1_grid_result_still_renders_with_one_adaopt_row():
+    # suite v1's shape (the ablation rows ran it): AdaOpt fed the loss only, from several lrs
+    config, recs = _synthetic()
+    recs = [r for r in recs if r["optimizer"] != "adaopt-plain"]
+    recs += [{**r, "lr_grid": 1e-5, "run_id": r["run_id"] + "-1e-5"} for r in recs
+             if r["optimizer"] == "adaopt" and r["lr_grid"] == 1e-6]
+    config["run_ids"] = [r["run_id"] for r in recs]
+    result = suite_analysis.analyze(config, recs)
     assert "adaopt-plain_worst_gap" not in result
     sweep = suite_report.adaopt_sweep_markdown(result)
     assert "AdaOpt from 1e-05" in sweep and "decades within" in sweep and "no loss" not in sweep
@@ -496,19 +502,9 @@ def test_readme_blocks_are_the_committed_results(path, block):
     assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered.strip()
 
 
-def _skip_if_committed_results_predate_the_grid():
-    """The committed results are the grid's version 1 until suite v2 (issue 19) has run and been committed: until
-    then the two tests below, which hold them to the current grid, say so instead of failing."""
-    config = json.load(open(os.path.join(COMMITTED, "suite_config.json"), encoding="utf-8"))
-    version = config.get("suite_version", 1)
-    if version < suite.SUITE_VERSION:
-        pytest.skip(f"the committed suite results are of grid version {version}, the grid is {suite.SUITE_VERSION}: "
-                    "rerun `hf-adaopt suite --seeds 3 --num_proc 2` and commit model_cards/results/suite/")
-    return config
-
-
 def test_committed_suite_results_cover_the_full_grid():
-    _skip_if_committed_results_predate_the_grid()
+    config = json.load(open(os.path.join(COMMITTED, "suite_config.json"), encoding="utf-8"))
+    assert config["suite_version"] == suite.SUITE_VERSION
     result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
     assert set(result["workloads"]) == set(suite.WORKLOADS)
     assert result["n_runs"] == result["n_planned"]
@@ -536,22 +532,24 @@ def test_committed_suite_results_are_from_the_current_workloads():
 
     if torch.cuda.is_available():
         pytest.skip("the committed suite ran on CPU (bf16 there needs --use_cpu, part of the run ids)")
-    _skip_if_committed_results_predate_the_grid()
     config, planned = _committed_plan()
     assert [r for r in planned if "-adaopt-" not in r] == [r for r in config["run_ids"] if "-adaopt-" not in r]
     assert [_without_key(r) for r in planned] == [_without_key(r) for r in config["run_ids"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the committed AdaOpt cells ran at 2ff0cff, before the suite recorded the code key (adaopt_source), and "
-    "hf_adaopt/core changed since (the split d9122cc). Seed 0 at lr 1e-3, rerun here with today's core, reproduced "
-    "digits-mlp, mnist-cnn, charlm, finetune and lora bit for bit; the BiLSTM gave 61.46 (committed 65.00), and so "
-    "did the committed tree itself (c54b9e5) rerun here: a drift outside the core. Rerun the AdaOpt cells "
-    "(`hf-adaopt suite --optimizers adaopt --seeds 3`), commit them, and drop this marker"))
 def test_committed_adaopt_cells_are_from_the_current_core():
     """AdaOpt's committed cells carry the code key of hf_adaopt/core they ran at: a code change there without a
     rerun fails here, so the README cannot quote a stale AdaOpt (docstring and comment edits keep the key)."""
-    _skip_if_committed_results_predate_the_grid()
     config, planned = _committed_plan()
     assert config.get("adaopt_source") == suite.adaopt_source_key()
     assert planned == config["run_ids"]
+
+
+def test_the_committed_best_tuned_adamw_is_bracketed_by_worse_cells():
+    """The best-tuned AdamW, the reference of every gap, is a tuned lr only if its row ran a worse lr on either
+    side of it: a best at the end of the lrs run would be a reference the grid cut short."""
+    result = suite_report.load_result(os.path.join(COMMITTED, "results.json"))
+    for name, w in result["workloads"].items():
+        best = w["best_adamw"]
+        lrs = sorted(c["lr"] for c in w["cells"] if c["optimizer"] == best["optimizer"])
+        assert lrs[0] < best["lr"] < lrs[-1], (name, best, lrs)
