@@ -39,9 +39,48 @@ def render() -> str:
         "3,000 steps of `hf-adaopt train`, clipping 1.0 (the Trainer's default), seed 42, one run each on a shared CPU. "
         "Each directory holds `eval_results.json`, `run_config.json` (the command) and `lr_trajectory.json` (the step "
         "taken at every step); this table is rendered from them by `training_scripts/long_run_table.py`. Suite v2's "
-        "`charlm-long` is this workload with AdamW tuned over lr x {constant, cosine} and 2 seeds; it has not run yet.", "",
+        "`charlm-long` runs the same at half the width (`--model d64`) with AdamW tuned over lr x {constant, cosine} "
+        "and 2 seeds (`../suite/`); the horizon on it is the second table.", "",
         "| run | what | eval bpc | vs the anchor | step at 1 | max | at 2,400 | at 3,000 |",
-        "|---|---|---|---|---|---|---|---|", *rows, ""])
+        "|---|---|---|---|---|---|---|---|", *rows, "", *horizon_section()])
+
+
+HORIZON_DIR = os.path.join(HERE, "d64-horizon")
+SUITE_RESULTS = os.path.join(HERE, "..", "suite", "results.json")
+
+
+def horizon_section() -> list[str]:
+    """AdaOpt with the horizon (total_steps=3000: the last 20% decay) on suite v2's charlm-long, 2 seeds, beside the
+    suite's cells of the same workload (its defaults: no horizon) and its AdamW rows' best cells."""
+    if not os.path.isdir(HORIZON_DIR):
+        return []
+    runs = [json.loads(line) for line in open(os.path.join(HORIZON_DIR, "results.jsonl"), encoding="utf-8")]
+    suite = json.load(open(SUITE_RESULTS, encoding="utf-8"))["workloads"]["charlm-long"]
+    best = suite["best_adamw"]["mean"]
+
+    def row(what: str, values: list[float]) -> str:
+        mean = sum(values) / len(values)
+        return (f"| {what} | {mean:.3f} | " + ", ".join(f"{v:.3f}" for v in values)
+                + f" | {100 * (best - mean) / best:+.1f}% |")
+
+    lines = ["## The horizon on suite v2's long run (d_model 64)", "",
+             "The same two AdaOpt rows as the suite's `charlm-long` cells, given `--optimizer_kwargs '{\"total_steps\": "
+             "3000}'` (`d64-horizon/suite_config.json` has the command; `results.jsonl` the runs, seeds 0 and 1), against "
+             "the suite's cells of that workload (`../suite/results.json`, no horizon: the defaults). Gaps to the best "
+             "AdamW there, negative is worse.", "",
+             "| run | mean bpc | per seed | vs the best AdamW |", "|---|---|---|---|"]
+    for row_name, label in (("adaopt", "fed the loss"), ("adaopt-plain", "plain")):
+        values = [r["eval"]["eval_loss"] / math.log(2) for r in sorted(runs, key=lambda r: r["seed"])
+                  if r["optimizer"] == row_name]
+        cell = next(c for c in suite["cells"] if c["optimizer"] == row_name)
+        lines += [row(f"AdaOpt {label}, total_steps=3000", values),
+                  row(f"AdaOpt {label}, no horizon (suite)", cell["values"])]
+    for opt, label in (("adamw", "AdamW constant, its best lr"), ("adamw-cosine", "AdamW warmup + cosine, its best lr"),
+                       ("schedulefree", "Schedule-Free AdamW at its default")):
+        cells = [c for c in suite["cells"] if c["optimizer"] == opt]
+        cell = min(cells, key=lambda c: c["mean"])
+        lines.append(row(f"{label} ({cell['lr']:g}, suite)", cell["values"]))
+    return [*lines, ""]
 
 
 def main(argv: list[str]) -> int:
