@@ -58,8 +58,40 @@ def render() -> str:
                 lines.append(f"| {name} | {change} | {path} | " + " | ".join(_cell(by[w]) if w in by else "–"
                                                                        for w in WORKLOADS) + " |")
     lines.append("| AdamW | best-tuned (suite) | – | " + " | ".join(ADAMW[w] for w in WORKLOADS) + " |")
-    lines += ["", secant_bias_paragraph()]
+    lines += ["", secant_bias_paragraph(), *horizon_table()]
     return "\n".join(lines) + "\n"
+
+
+def horizon_table() -> list[str]:
+    """Both AdaOpt rows given the horizon (total_steps = the workload's steps) on suite v2's short workloads, 3 seeds,
+    beside the same rows without it (the suite's cells, ../../suite/results.json)."""
+    path = os.path.join(HERE, "horizon", "results.jsonl")
+    if not os.path.isfile(path):
+        return []
+    runs = [json.loads(line) for line in open(path, encoding="utf-8")]
+    result = json.load(open(os.path.join(HERE, "..", "..", "suite", "results.json"), encoding="utf-8"))
+    suite = {name: result["workloads"][name] for name in result["workload_order"]}
+    lines = ["", "**The horizon on the short workloads** (suite v2's, seeds 0-2, lr 1e-1; `horizon/results.jsonl`, each "
+             "group's command in `horizon/commands.txt`): each AdaOpt row given `total_steps` = the workload's steps "
+             "(the last 20% decay), against the same row without it (the suite's cells). Mean over seeds, the change in "
+             "brackets; accuracy %, and bpc for the char-LMs (lower is better).", "",
+             "| workload | fed, no horizon | fed, total_steps | plain, no horizon | plain, total_steps |",
+             "|---|---|---|---|---|"]
+    for name, w in suite.items():
+        mine = [r for r in runs if r["workload"] == name]
+        if not mine:
+            continue
+        bpc = w["metric"] == "bpc"
+        cells = []
+        for row in ("adaopt", "adaopt-plain"):
+            base = next(c for c in w["cells"] if c["optimizer"] == row and c["lr"] == 0.1)
+            values = [(r["eval"]["eval_loss"] / 0.6931471805599453) if bpc else 100 * r["eval"]["eval_accuracy"]
+                      for r in mine if r["optimizer"] == row]
+            mean = sum(values) / len(values)
+            digits = 3 if bpc else 2
+            cells += [f"{base['mean']:.{digits}f}", f"{mean:.{digits}f} ({mean - base['mean']:+.{digits}f})"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def secant_bias_paragraph() -> str:
