@@ -121,13 +121,25 @@ def test_a_corrupt_compare_config_is_named(tmp_path, capsys):
     assert f"{os.path.join(str(tmp_path), 'compare_config.json')} is not valid JSON" in capsys.readouterr().err
 
 
-def test_the_environment_names_the_checkouts_git_revision():
-    """Results record the commit they ran at (the source checkout is the repository root, above hf_adaopt/lab)."""
+def test_the_git_revision_is_the_checkouts_and_says_when_it_is_dirty(tmp_path):
+    """Results record the commit they ran at: the repository root above hf_adaopt/lab is the checkout read, and a
+    changed tracked file marks the revision dirty (a directory that is no checkout has none)."""
     import subprocess
 
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(results.__file__))))
-    if not os.path.exists(os.path.join(repo, ".git")):
-        pytest.skip("not a git checkout (an installed copy)")
-    head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    assert results.environment()["versions"]["hf-adaopt git"].split("+")[0] == head
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert os.path.samefile(results.SOURCE_ROOT, repo)
+    assert results.environment()["versions"].get("hf-adaopt git") == results._git_revision()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert results._git_revision(str(tmp_path)) is None
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert results._git_revision(str(tmp_path)) == head
+    (tmp_path / "f.txt").write_text("b\n")
+    assert results._git_revision(str(tmp_path)) == head + "+dirty"

@@ -10,6 +10,7 @@ Each probe ran `hf-adaopt suite --optimizers adaopt,adaopt-plain --lrs 1e-3 --se
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -33,9 +34,14 @@ VARIANTS = (
 )
 
 
-def _cell(run: dict) -> str:
+def _value(run: dict) -> float:
+    """A run's metric: bits per character (charlm) or accuracy %."""
     e = run["eval"]
-    value = f"{e['eval_loss'] / 0.6931471805599453:.3f}" if run["task"] == "charlm" else f"{100 * e['eval_accuracy']:.2f}"
+    return e["eval_loss"] / math.log(2.0) if run["task"] == "charlm" else 100 * e["eval_accuracy"]
+
+
+def _cell(run: dict) -> str:
+    value = f"{_value(run):.3f}" if run["task"] == "charlm" else f"{_value(run):.2f}"
     lr = run["effective_lr"]
     return f"{value} ({lr['start']:.1e} → {lr['max']:.1e} → {lr['end']:.1e})"
 
@@ -85,8 +91,7 @@ def horizon_table() -> list[str]:
         cells = []
         for row in ("adaopt", "adaopt-plain"):
             base = next(c for c in w["cells"] if c["optimizer"] == row and c["lr"] == 0.1)
-            values = [(r["eval"]["eval_loss"] / 0.6931471805599453) if bpc else 100 * r["eval"]["eval_accuracy"]
-                      for r in mine if r["optimizer"] == row]
+            values = [_value(r) for r in mine if r["optimizer"] == row]
             mean = sum(values) / len(values)
             digits = 3 if bpc else 2
             cells += [f"{base['mean']:.{digits}f}", f"{mean:.{digits}f} ({mean - base['mean']:+.{digits}f})"]

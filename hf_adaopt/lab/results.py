@@ -199,9 +199,12 @@ def _versions(names: dict[str, str]) -> dict[str, str]:
     return versions
 
 
-def _git_revision() -> str | None:
+# The checkout hf_adaopt runs from: the repository root, two levels above hf_adaopt/lab/.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _git_revision(src: str = SOURCE_ROOT) -> str | None:
     """`<short hash>[+dirty]` of the hf_adaopt source checkout, when it is one (AdaOpt changes between commits)."""
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_adaopt/lab/.. /..
     if not os.path.exists(os.path.join(src, ".git")):  # a directory, or a file in a git worktree
         return None
 

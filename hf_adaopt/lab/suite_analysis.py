@@ -216,9 +216,11 @@ def _same_lr(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-6)
 
 
-def _default_of(w: dict, row: str, default_cell: dict) -> dict | None:
-    """`row`'s cell at its default lr on workload `w` (None where it did not run there)."""
-    return next((c for c in w["cells"] if c["optimizer"] == row and _same_lr(c["lr"], default_cell.get(row))), None)
+def default_cell_of(w: dict, row: str) -> dict | None:
+    """`row`'s cell at its default lr on an analysed workload `w` (its ranked `defaults`), or None where it did not
+    run there."""
+    lr = next((d["lr"] for d in w.get("defaults", []) if d["optimizer"] == row), "none")
+    return next((c for c in w["cells"] if c["optimizer"] == row and c["lr"] == lr), None)
 
 
 def _without_option(args: Sequence[str], option: str, value: str) -> list[str] | None:
@@ -230,7 +232,7 @@ def _without_option(args: Sequence[str], option: str, value: str) -> list[str] |
     return None
 
 
-def targets(workloads: dict, specs: dict, default_cell: dict) -> dict:
+def targets(workloads: dict, specs: dict) -> dict:
     """Issue 19's targets, measured per AdaOpt row at its default cell (gaps to the best-tuned AdamW, signed as
     everywhere: negative is worse):
 
@@ -253,11 +255,11 @@ def targets(workloads: dict, specs: dict, default_cell: dict) -> dict:
         t = {"short": {}, "long": {}, "long_vs_schedulefree": {}, "same_from_every_lr": [0, 0], "clipping": {},
              "groups": {}, "diverged": []}
         for n, w in workloads.items():
-            cell = _default_of(w, row, default_cell)
+            cell = default_cell_of(w, row)
             if cell is None or "gap" not in cell:
                 continue
             t["long" if n in long else "short"][n] = cell["gap"]
-            sf = _default_of(w, "schedulefree", default_cell)
+            sf = default_cell_of(w, "schedulefree")
             if n in long and sf is not None:
                 t["long_vs_schedulefree"][n] = cell["gap"] - sf["gap"]
             if "--body_lr_scale" in specs.get(n, {}).get("args", []):
@@ -269,7 +271,7 @@ def targets(workloads: dict, specs: dict, default_cell: dict) -> dict:
             if any(v == _worst_value(w["metric"]) or math.isnan(v) for c in cells for v in c["values"]):
                 t["diverged"].append(n)  # a run that ended non-finite counts as the worst value (_worst_value)
         for clipped, unclipped in pairs:
-            a, b = (_default_of(workloads[x], row, default_cell) for x in (clipped, unclipped))
+            a, b = (default_cell_of(workloads[x], row) for x in (clipped, unclipped))
             if a and b and a["effective_lr_start"] > 0.0:
                 t["clipping"][f"{unclipped} / {clipped}"] = b["effective_lr_start"] / a["effective_lr_start"]
         out[row] = t
@@ -312,6 +314,6 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
         "workloads": workloads, "workload_order": list(workloads), "summary": summary,
         **ada_worst,
-        "targets": targets(workloads, config.get("workloads", {}), default_cell),
+        "targets": targets(workloads, config.get("workloads", {})),
         "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if tuned_sf and len(tuned_sf) == len(sf_workloads) else None,
     }

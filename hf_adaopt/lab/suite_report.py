@@ -19,6 +19,7 @@ from hf_adaopt.lab.suite_analysis import (
     RESULTS_JSON,
     TOLERANCE,
     analyze,
+    default_cell_of,
     gap,
     is_better,
     load,
@@ -54,6 +55,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return render.markdown_table(header, rows)
 
 
+def _defaults_by_rank(result: dict) -> list[tuple[str, float | None]]:
+    """(optimizer, its default lr) in the order of the mean rank at the defaults."""
+    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], registry.order_key(o)))
+    return [(opt, next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
+                        if d["optimizer"] == opt), None)) for opt in order]
+
+
 def summary_markdown(result: dict) -> str:
     """The table across workloads: every optimizer at its default, plus AdaOpt's worst initial lr."""
     names = list(result["workloads"])
@@ -61,11 +69,8 @@ def summary_markdown(result: dict) -> str:
     header = ["optimizer (default lr)", *[f"{n} ({'pts' if metric[n] == 'accuracy' else '% bpc'})" for n in names],
               "mean rank", "mean gap", "worst gap"]
     rows = []
-    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], registry.order_key(o)))
-    for opt in order:
+    for opt, lr in _defaults_by_rank(result):
         s = result["summary"][opt]
-        lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
-                   if d["optimizer"] == opt), None)
         rows.append([f"{registry.label(opt)} ({_lr(lr)})",
                      *[_fmt_gap(s["gaps"].get(n), metric[n]) + (f" (#{s['ranks'][n]})" if n in s["ranks"] else "")
                        for n in names],
@@ -134,13 +139,7 @@ def adaopt_sweep_markdown(result: dict) -> str:
         cells = []
         for row in rows_run:
             by_lr = {c["lr"]: c for c in w["cells"] if c["optimizer"] == row}
-            for lr in lrs[row]:
-                c = by_lr.get(lr)
-                if c is None or not math.isfinite(c["mean"]):
-                    cells.append("–" if c is None else "diverged")
-                else:
-                    spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
-                    cells.append(f"{c['mean']:.{digits}f}{spread}")
+            cells += [_mean_std(by_lr.get(lr), w["metric"], with_gap=False) for lr in lrs[row]]
         best = w["best_adamw"]
         unit = "acc %" if w["metric"] == "accuracy" else "bpc"
         rows.append([f"{w['name']} ({unit})", *cells, f"{best['mean']:.{digits}f} (lr {_best_adamw_cell(best)})",
@@ -198,20 +197,15 @@ def ablation_markdown(variants: dict, results: dict[str, dict], reference: dict)
     return _table(header, rows)
 
 
-def _default_cell(w: dict, row: str) -> dict | None:
-    """`row`'s cell at its default lr on workload `w` (from the ranked defaults), or None."""
-    lr = next((d["lr"] for d in w.get("defaults", []) if d["optimizer"] == row), "none")
-    return next((c for c in w["cells"] if c["optimizer"] == row and c["lr"] == lr), None)
-
-
-def _mean_std(c: dict | None, metric: str) -> str:
+def _mean_std(c: dict | None, metric: str, with_gap: bool = True) -> str:
+    """A cell's mean ± std over seeds (and its gap): "–" where it did not run, "diverged" where a run did."""
     if c is None:
         return "–"
     digits = 2 if metric == "accuracy" else 3
     if not math.isfinite(c["mean"]):
         return "diverged"
     spread = f" ± {c['std']:.{digits}f}" if c["n"] > 1 and math.isfinite(c["std"]) else ""
-    return f"{c['mean']:.{digits}f}{spread} ({_fmt_gap(c.get('gap'), metric)})"
+    return f"{c['mean']:.{digits}f}{spread}" + (f" ({_fmt_gap(c.get('gap'), metric)})" if with_gap else "")
 
 
 def _steps(c: dict | None) -> str:
@@ -237,9 +231,9 @@ def paths_markdown(result: dict) -> str:
         line = [f"{name} ({'acc %' if metric == 'accuracy' else 'bpc'})",
                 f"{best['mean']:.{digits}f} at {_best_adamw_cell(best)}"]
         for row in rows_run:
-            c = _default_cell(w, row)
+            c = default_cell_of(w, row)
             line += [_mean_std(c, metric), _steps(c)]
-        line.append(_mean_std(_default_cell(w, "schedulefree"), metric))
+        line.append(_mean_std(default_cell_of(w, "schedulefree"), metric))
         rows.append(line)
     return _table(header, rows)
 
@@ -285,12 +279,9 @@ def defaults_markdown(result: dict) -> str:
     """Every optimizer at its default across the workloads it ran: mean rank, mean and worst gap (the narrow form of
     `summary_markdown`, for the README)."""
     metric_of = {n: w["metric"] for n, w in result["workloads"].items()}
-    order = sorted(result["summary"], key=lambda o: (result["summary"][o]["mean_rank"], registry.order_key(o)))
     rows = []
-    for opt in order:
+    for opt, lr in _defaults_by_rank(result):
         s = result["summary"][opt]
-        lr = next((d["lr"] for w in result["workloads"].values() for d in w.get("defaults", [])
-                   if d["optimizer"] == opt), None)
         worst = min(s["gaps"], key=lambda n: s["gaps"][n])
         rows.append([f"{registry.label(opt)} ({_lr(lr)})", str(len(s["gaps"])), f"{s['mean_rank']:.2f}",
                      f"{s['mean_gap']:+.2f}", f"{_fmt_gap(s['gaps'][worst], metric_of[worst])} ({worst})"])

@@ -50,13 +50,18 @@ def encode_blocks(texts: list[str], block: int):
     return {"input_ids": blocks.tolist(), "labels": blocks.tolist()}
 
 
-def build_model(block: int, variant: str | None = None):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def check_model(variant: str | None) -> str:
+    """The `--model` variant (None: the default); ValueError names an unknown one and the choices."""
     variant = variant or DEFAULT_MODEL
     if variant not in MODELS:
         raise ValueError(f"Unknown --model {variant!r} for task charlm; choose one of {tuple(MODELS)}.")
-    n_layer, n_embd, n_head = MODELS[variant]
+    return variant
+
+
+def build_model(block: int, variant: str | None = None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_layer, n_embd, n_head = MODELS[check_model(variant)]
     config = GPT2Config(
         vocab_size=VOCAB_SIZE, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
@@ -80,8 +85,7 @@ def prepare(task_args: TaskArguments, training_args) -> TaskSetup:
     import datasets
     from transformers import default_data_collator, set_seed
 
-    if task_args.model not in (None, *MODELS):
-        raise ValueError(f"Unknown --model {task_args.model!r} for task charlm; choose one of {tuple(MODELS)}.")
+    check_model(task_args.model)  # before the data is read
     block = task_args.max_seq_length or DEFAULT_BLOCK
     if block < 2:
         raise ValueError(f"charlm needs --max_seq_length >= 2, got {block}.")
