@@ -10,6 +10,10 @@ and each AdaOpt row's worst initial lr.
 
 Gaps are signed so that negative is worse than the best-tuned AdamW: accuracy points (mean - best) for
 accuracy, percent ((best - mean) / best x 100) for bits per character.
+
+A suite run with ``--baseline`` (`hf_adaopt.lab.suite`) ran only the AdaOpt rows: every other cell is the baseline's
+as stored (`BASELINE_FILE` in the output directory, merged by `analyze_workload`), and all that compares cells
+(gaps, best AdamW, threshold, ranks, tests, targets) is computed again over the merged cells.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from hf_adaopt.lab.results import SUITE_CONFIG_FILE as CONFIG_FILE
 TOLERANCE = 1.0  # points of accuracy, or percent of bpc: "within tolerance of the best-tuned AdamW"
 THRESHOLD_FACTOR = 1.1  # steps to reach 1.1x the best-tuned AdamW's final training loss
 RESULTS_JSON = "results.json"
+BASELINE_FILE = "baseline.json"  # the non-AdaOpt cells a --baseline run takes, as `suite.read_baseline` read them
 REPORT_MD = "report.md"
 PLOT_FILES = {"sensitivity": "lr_sensitivity.png", "effective_lr": "effective_lr.png"}
 
 
-def load(output_dir: str) -> tuple[dict, list[dict]]:
-    """The suite's configuration and the records of its current grid (results of older grids are ignored)."""
+def load(output_dir: str) -> tuple[dict, list[dict], dict | None]:
+    """The suite's configuration, the records of its current grid (results of older grids are ignored) and, for a
+    run with --baseline, the baseline it stored (`BASELINE_FILE`; else None)."""
     path = os.path.join(output_dir, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -44,7 +50,15 @@ def load(output_dir: str) -> tuple[dict, list[dict]]:
     wanted = set(config.get("run_ids", []))
     records = results.load_results(output_dir) if os.path.isfile(
         os.path.join(output_dir, results.RESULTS_FILE)) else []
-    return config, [r for r in records if r["run_id"] in wanted]
+    baseline = None
+    if config.get("baseline"):
+        try:
+            with open(os.path.join(output_dir, BASELINE_FILE), encoding="utf-8") as f:
+                baseline = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{output_dir} ran with --baseline but its {BASELINE_FILE} is missing: rerun the suite "
+                             f"command ({config.get('command')}) to store it again") from None
+    return config, [r for r in records if r["run_id"] in wanted], baseline
 
 
 def final_value(rec: dict) -> float | None:
@@ -116,14 +130,31 @@ def _effective_lr(rec: dict, index: int) -> float | None:
     return lrs[index] if lrs else None
 
 
-def analyze_workload(name: str, metric: str, records: Sequence[dict], default_cell: dict) -> dict:
+# The numbers that compare a cell with the others: computed again over the cells a --baseline run merges.
+DERIVED = ("gap", "within", "default_rank")
+# A cell's means over seeds (nan where undefined, which results.json stores as null).
+SEED_MEANS = ("train_time_s", "lr_cv", "final_train_loss", "effective_lr_start", "effective_lr_end")
+
+
+def stored_cell(c: dict, metric: str) -> dict:
+    """A cell as results.json stored it, back as the analysis made it: a diverged run's value (null) the worst value
+    again, null means nan, the summary of its values, and none of the numbers that compare it with other cells."""
+    values = [_worst_value(metric) if v is None else v for v in c["values"]]
+    cell = {k: v for k, v in c.items() if k not in DERIVED}
+    cell.update({k: math.nan for k in SEED_MEANS if cell.get(k) is None})
+    return {**cell, "values": values, **_summary(values)}
+
+
+def analyze_workload(name: str, metric: str, records: Sequence[dict], default_cell: dict,
+                     baseline: dict | None = None) -> dict:
+    """One workload's numbers from its records; `baseline` (the workload's entry of a --baseline run's
+    `BASELINE_FILE`) adds its stored cells where the records have none (a record's cell wins)."""
     better = is_better(metric)
     groups: dict[tuple[str, float | None], list[dict]] = {}
     for r in records:
         groups.setdefault((r["optimizer"], r["lr_grid"]), []).append(r)
     cells = []
-    for (opt, lr), runs in sorted(groups.items(), key=lambda kv: (registry.order_key(kv[0][0]),
-                                                                  kv[0][1] is None, kv[0][1] or 0.0)):
+    for (opt, lr), runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [final_value(r) for r in runs]
         values = [_worst_value(metric) if v is None else v for v in values]
@@ -137,9 +168,17 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
             "effective_lr_start": _mean([_effective_lr(r, 0) for r in runs]),
             "effective_lr_end": _mean([_effective_lr(r, -1) for r in runs]),
         })
-    adamw = [c for c in cells if c["optimizer"] in registry.ADAMW_ROWS and math.isfinite(c["mean"])]
+    baseline = baseline or {}
+    taken = [stored_cell(c, metric) for c in baseline.get("cells", []) if (c["optimizer"], c["lr"]) not in groups]
+    cells = sorted(cells + taken, key=lambda c: (registry.order_key(c["optimizer"]), c["lr"] is None, c["lr"] or 0.0))
+    n_taken = sum(c["n"] for c in taken)
+    # the mean seconds of a run: a taken run counts at the baseline's mean for the workload
+    seconds = [r.get("elapsed_s") for r in records] + [baseline.get("run_seconds")] * n_taken
     out: dict[str, Any] = {"name": name, "metric": metric, "n_runs": len(records), "cells": cells,
-                           "run_seconds": _mean([r.get("elapsed_s") for r in records])}
+                           "run_seconds": _mean(seconds)}
+    if baseline:
+        out["n_baseline_runs"] = n_taken
+    adamw = [c for c in cells if c["optimizer"] in registry.ADAMW_ROWS and math.isfinite(c["mean"])]
     if not adamw:
         return out
     best = adamw[0]
@@ -150,14 +189,16 @@ def analyze_workload(name: str, metric: str, records: Sequence[dict], default_ce
                          "ci_low": best["ci_low"], "ci_high": best["ci_high"]}
     threshold = THRESHOLD_FACTOR * best["final_train_loss"] if math.isfinite(best["final_train_loss"]) else None
     out["loss_threshold"] = threshold
-    by_cell = {(r["optimizer"], r["lr_grid"]): [] for r in records}
-    for r in records:
-        by_cell[(r["optimizer"], r["lr_grid"])].append(r)
     for c in cells:
         c["gap"] = gap(c["mean"], best["mean"], metric)
         c["within"] = c["gap"] >= -TOLERANCE
-        if threshold is not None:
-            hits = [steps_to_loss(r, threshold) for r in by_cell[(c["optimizer"], c["lr"])]]
+        runs = groups.get((c["optimizer"], c["lr"]))
+        if runs is None:  # a baseline's cell: its steps counted to the baseline's threshold, kept where it is this one
+            if threshold != baseline.get("loss_threshold"):
+                c.pop("steps_to_threshold", None)
+                c.pop("reached_threshold", None)
+        elif threshold is not None:
+            hits = [steps_to_loss(r, threshold) for r in runs]
             reached = [h for h in hits if h is not None]
             c["steps_to_threshold"] = _mean(reached) if reached else None
             c["reached_threshold"] = f"{len(reached)}/{len(hits)}"
@@ -278,13 +319,16 @@ def targets(workloads: dict, specs: dict) -> dict:
     return out
 
 
-def analyze(config: dict, records: Sequence[dict]) -> dict:
+def analyze(config: dict, records: Sequence[dict], baseline: dict | None = None) -> dict:
+    """The suite's numbers from its records and, for a --baseline run, the cells it took from `baseline` (its
+    `BASELINE_FILE`): the result names it under "baseline" (where from, and how many runs it stands for)."""
     default_cell = config.get("default_cell", {})
+    taken = (baseline or {}).get("workloads", {})
     workloads = {}
     for name, spec in config.get("workloads", {}).items():
         recs = [r for r in records if r.get("workload") == name]
-        if recs:
-            workloads[name] = analyze_workload(name, spec["metric"], recs, default_cell)
+        if recs or name in taken:
+            workloads[name] = analyze_workload(name, spec["metric"], recs, default_cell, taken.get(name))
     # across workloads: mean rank and worst gap at the default, per optimizer
     summary: dict[str, dict] = {}
     for name, w in workloads.items():
@@ -307,8 +351,9 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
     sf_workloads = [w for w in workloads.values() if sum(c["optimizer"] == "schedulefree" for c in w["cells"]) > 1]
     n_runs = sum(w["n_runs"] for w in workloads.values())
     elapsed = sum(r.get("elapsed_s") or 0.0 for r in records)
-    return {
-        "command": config.get("command"), "environment": config.get("environment", {}),
+    result = {
+        "command": config.get("command"), "suite_version": config.get("suite_version"),
+        "environment": config.get("environment", {}),
         "workload_specs": config.get("workloads", {}), "seeds": config.get("seeds"),
         "tolerance": TOLERANCE, "threshold_factor": THRESHOLD_FACTOR,
         "n_runs": n_runs, "n_planned": len(config.get("run_ids", [])), "run_seconds": elapsed,
@@ -317,3 +362,7 @@ def analyze(config: dict, records: Sequence[dict]) -> dict:
         "targets": targets(workloads, config.get("workloads", {})),
         "schedulefree_tuned_mean_gap": _mean_gap(tuned_sf) if tuned_sf and len(tuned_sf) == len(sf_workloads) else None,
     }
+    if baseline:  # where the cells not run here come from, and how many runs they stand for
+        result["baseline"] = {**{k: baseline.get(k) for k in ("path", "revision", "command")},
+                              "n_runs": sum(w.get("n_baseline_runs", 0) for w in workloads.values())}
+    return result

@@ -288,6 +288,15 @@ def defaults_markdown(result: dict) -> str:
     return _table(["optimizer (default lr)", "workloads", "mean rank", "mean gap", "worst gap"], rows)
 
 
+def baseline_text(result: dict) -> str:
+    """One sentence, after a space, on where a --baseline run's other cells come from ("" for a run of the grid)."""
+    base = result.get("baseline")
+    if not base:
+        return ""
+    return (f" Every cell but the AdaOpt rows' ({base['n_runs']} runs) is taken from the baseline `{base['path']}` "
+            f"(revision `{base.get('revision') or 'unknown'}`, `{base.get('command')}`).")
+
+
 def readme_section(result: dict) -> str:
     """The README's results block: rendered from a committed results.json, so a test can hold the two equal."""
     versions = result.get("environment", {}).get("versions", {})
@@ -295,7 +304,7 @@ def readme_section(result: dict) -> str:
         f"`{result.get('command')}` — {result['n_runs']} runs, seeds {result.get('seeds')}, revision "
         f"`{versions.get('hf-adaopt git', 'unknown')}`; files: `model_cards/results/suite/`. The runs took "
         f"{result['run_seconds'] / 3600:.1f} h of process time, {result['run_seconds'] / 7200:.1f} h on two cores "
-        "(other jobs shared the machine part of the time).", "",
+        "(other jobs shared the machine part of the time)." + baseline_text(result), "",
     ]
     if "targets" not in result:  # a suite v1 result: one AdaOpt row from six lrs
         lines += [
@@ -360,7 +369,8 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         "# hf-adaopt suite", "",
         f"Command: `{result.get('command')}`", "",
         f"Runs: {result['n_runs']} of {result['n_planned']} planned; seeds {result.get('seeds')}; "
-        f"{result['run_seconds'] / 60:.1f} min of training runs (summed over processes).", "",
+        f"{result['run_seconds'] / 60:.1f} min of training runs (summed over processes)."
+        + baseline_text(result), "",
         f"Environment: {env.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
         "Gaps are to the best-tuned AdamW cell (the best of the AdamW rows' initial lrs: 1e-5 ... 1e-2 in half "
         "decades on the default grid, the workload's own lrs elsewhere, and on a workload that runs it AdamW on "
@@ -545,8 +555,8 @@ def plot_effective_lr(result: dict, records: Sequence[dict], path: str) -> bool:
 
 def build_report(output_dir: str) -> dict:
     """Analyze, write results.json, report.md and the plots; return the analysis (with "plots")."""
-    config, records = load(output_dir)
-    result = analyze(config, records)
+    config, records, baseline = load(output_dir)
+    result = analyze(config, records, baseline)
     plots = []
     for key, fn in (("sensitivity", lambda p: plot_sensitivity(result, p)),
                     ("effective_lr", lambda p: plot_effective_lr(result, records, p))):
