@@ -22,6 +22,13 @@ docstring or comment edit reruns nothing) and shardable (`--shard I/N`);
 `--num_proc N` (default: the CPU cores, at most 8; 1 on a GPU) runs N single-threaded shards at once. Options
 this command does not know (e.g. `--max_steps 5`) are passed to every run after the workload's own settings.
 The report (`hf_adaopt.lab.suite_report`) writes results.json, report.md and the plots.
+
+`--baseline PATH` (the results.json of an earlier suite report, e.g. model_cards/results/suite/results.json) runs
+only the AdaOpt rows (`registry.ADAOPT_ROWS`) and takes every other cell from PATH as stored; the report computes
+what compares cells (gaps, best AdamW, threshold, ranks, tests, targets) over both. Before any run it checks that
+PATH's grid version is this one's, that it ran every workload with the same `hf-adaopt train` options and that its
+cells hold the seeds asked for (`check_baseline`); what it takes is stored in the output directory (baseline.json,
+`read_baseline`), so the report rebuilds without PATH, which the output may then be copied over.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hf_adaopt.lab import compare_args, registry, results, runner
+from hf_adaopt.lab import compare_args, registry, results, runner, suite_analysis
 from hf_adaopt.lab.results import SUITE_CONFIG_FILE as CONFIG_FILE
 
 DEFAULT_OUTPUT_DIR = os.path.join("out", "suite")
@@ -224,6 +231,12 @@ def workload_seeds(workload: Workload, seeds: Sequence[int]) -> list[int]:
     return seeds if workload.max_seeds is None else seeds[: workload.max_seeds]
 
 
+def workload_specs(names: Sequence[str], seeds: Sequence[int], passthrough: Sequence[str]) -> dict[str, dict]:
+    """suite_config.json's "workloads": each one's settings, the `hf-adaopt train` options of its runs and its seeds."""
+    return {n: vars(WORKLOADS[n]) | {"args": [*COMMON_ARGS, *WORKLOADS[n].args, *passthrough],
+                                     "seeds": workload_seeds(WORKLOADS[n], seeds)} for n in names}
+
+
 def build_suite_grid(workloads: Sequence[str], optimizers: Sequence[str], seeds: Sequence[int],
                      lrs: Sequence[float] | None = None) -> list[tuple[str, runner.RunSpec]]:
     """(workload, RunSpec) in run order: seed by seed, then workload, then cell (interleaved like compare)."""
@@ -313,6 +326,60 @@ def adaopt_source_key(core_dir: str | None = None) -> str:
     return digest.hexdigest()[:12]
 
 
+def read_baseline(path: str) -> dict:
+    """What a --baseline run takes from an earlier suite report's results.json: its grid version (from the
+    suite_config.json beside it where results.json lacks one; a config without it is version 1), the workloads'
+    settings, each workload's cells but the AdaOpt rows', and where those ran (its git revision and command, or its
+    own baseline's where it took them from one). Read once, then stored (`suite_analysis.BASELINE_FILE`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        version = result.get("suite_version")
+        beside = os.path.join(os.path.dirname(path), CONFIG_FILE)
+        if version is None and os.path.isfile(beside):
+            with open(beside, encoding="utf-8") as f:
+                version = json.load(f).get("suite_version", 1)
+        workloads = {n: {"loss_threshold": w.get("loss_threshold"), "run_seconds": w.get("run_seconds"),
+                         "cells": [c for c in w["cells"] if c["optimizer"] not in registry.ADAOPT_ROWS]}
+                     for n, w in result["workloads"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--baseline {path} is not the results.json of a suite report ({type(e).__name__}: {e}); "
+                         "give one (e.g. model_cards/results/suite/results.json) or run without --baseline") from None
+    origin = result.get("baseline") or {"revision": result.get("environment", {}).get("versions", {}).get(
+        "hf-adaopt git"), "command": result.get("command")}
+    return {"path": path, "revision": origin.get("revision"), "command": origin.get("command"),
+            "suite_version": version, "workload_specs": result.get("workload_specs", {}), "workloads": workloads}
+
+
+def check_baseline(baseline: dict, specs: dict) -> None:
+    """ValueError unless `baseline` (`read_baseline`) can stand for the cells but AdaOpt's of the workloads `specs`
+    (suite_config.json's "workloads": task, args, seeds): the same grid version, every workload there with the same
+    task and `hf-adaopt train` options, and every cell holding the seeds asked for."""
+    where = f"--baseline {baseline['path']}"
+    fix = "run without --baseline (the whole grid)"
+    if baseline["suite_version"] is None:
+        raise ValueError(f"{where}: its grid version is unknown (results.json has no suite_version and no "
+                         f"{CONFIG_FILE} lies beside it); put its {CONFIG_FILE} beside it or {fix}")
+    if baseline["suite_version"] != SUITE_VERSION:
+        raise ValueError(f"{where} is of suite grid version {baseline['suite_version']}, this suite's is "
+                         f"{SUITE_VERSION}: {fix}")
+    for name, spec in specs.items():
+        base = baseline["workload_specs"].get(name)
+        cells = baseline["workloads"].get(name, {}).get("cells")
+        if base is None or not cells:
+            raise ValueError(f"{where} has no cells but AdaOpt's of workload {name}: leave it out of --workloads or "
+                             f"{fix}")
+        for key in ("task", "args"):
+            if base.get(key) != spec[key]:
+                raise ValueError(f"{where} ran workload {name} with {key} {base.get(key)!r}, this suite with "
+                                 f"{spec[key]!r}: {fix}")
+        for c in cells:
+            missing = sorted(set(spec["seeds"]) - set(c["seeds"]))
+            if missing:
+                raise ValueError(f"{where}: workload {name}'s {c['optimizer']} cell at lr {c['lr'] or 'default'} "
+                                 f"ran seeds {c['seeds']}, not {missing}: ask for its seeds (--seed_list) or {fix}")
+
+
 def plan_jobs(grid, output_dir: str, passthrough: Sequence[str]) -> list[runner.Job]:
     """A `runner.Job` per grid cell, with the run_id <workload>-<optimizer>-lr<lr>-seed<seed>-<hash>."""
     import torch
@@ -370,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_proc", type=int, default=None,
         help="shards to run at once, one CPU thread each (default: the CPU cores, at most 8; 1 with a GPU)",
     )
+    p.add_argument("--baseline", default=None, metavar="RESULTS_JSON",
+                   help="run only the AdaOpt rows and take every other cell from this earlier suite report's "
+                   "results.json (e.g. model_cards/results/suite/results.json), which must be of the same grid "
+                   "version, workload settings and seeds")
     p.add_argument("--report_only", action="store_true", help="skip the runs; rebuild the report")
     return p
 
@@ -485,11 +556,27 @@ def main(argv: list[str] | None = None) -> int:
     from hf_adaopt.lab import suite_report
 
     if args.report_only:
+        if args.baseline is not None:
+            parser.error(f"--report_only rebuilds the report with the baseline stored in {output_dir} "
+                         f"({suite_analysis.BASELINE_FILE}): leave out --baseline")
         suite_report.build_report(output_dir)
         return 0
+    specs = workload_specs(settings["workloads"], settings["seeds"], passthrough)
+    optimizers, baseline = settings["optimizers"], None
+    if args.baseline is not None:
+        optimizers = [o for o in optimizers if o in registry.ADAOPT_ROWS]
+        if not optimizers:
+            parser.error(f"--baseline runs only the AdaOpt rows ({', '.join(registry.ADAOPT_ROWS)}); --optimizers "
+                         f"{args.optimizers} names neither")
+        if not args.no_report:  # the parent process reads and checks it; its shards only run their AdaOpt runs
+            try:
+                baseline = read_baseline(args.baseline)
+                check_baseline(baseline, specs)
+            except ValueError as e:
+                parser.error(str(e))
     os.makedirs(os.path.join(output_dir, results.RUNS_SUBDIR), exist_ok=True)
     runner.quiet_libraries()
-    grid = build_suite_grid(settings["workloads"], settings["optimizers"], settings["seeds"], settings["lrs"])
+    grid = build_suite_grid(settings["workloads"], optimizers, settings["seeds"], settings["lrs"])
     if not grid:
         parser.error(f"none of --optimizers {args.optimizers} runs on --workloads {args.workloads} (a workload with "
                      "its own cell list runs only the optimizers it lists: see hf_adaopt/lab/suite.py)")
@@ -497,12 +584,13 @@ def main(argv: list[str] | None = None) -> int:
     shard_index, shard_count = settings["shard"]
     command = "hf-adaopt suite " + shlex.join(argv)
     if shard_count == 1:
+        if baseline is not None:  # stored before the config that names it: the report needs no --baseline file
+            results.write_atomic(os.path.join(output_dir, suite_analysis.BASELINE_FILE),
+                                 json.dumps(results.json_safe(baseline), indent=1))
         _write_config(output_dir, {
-            "command": command, "suite_version": SUITE_VERSION,
-            "workloads": {n: vars(WORKLOADS[n]) | {"args": [*COMMON_ARGS, *WORKLOADS[n].args, *passthrough],
-                                                   "seeds": workload_seeds(WORKLOADS[n], settings["seeds"])}
-                          for n in settings["workloads"]},
-            "optimizers": settings["optimizers"], "seeds": settings["seeds"], "lrs": settings["lrs"],
+            "command": command, "suite_version": SUITE_VERSION, "workloads": specs,
+            **({"baseline": {k: baseline[k] for k in ("path", "revision", "command")}} if baseline else {}),
+            "optimizers": optimizers, "seeds": settings["seeds"], "lrs": settings["lrs"],
             "default_cell": DEFAULT_CELL, "passthrough": passthrough,
             "run_ids": [j.rid for j in jobs],
             "adaopt_source": adaopt_source_key(),  # the code key AdaOpt's cells ran at (tests/test_suite.py)
@@ -513,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite: {len(jobs)} runs in the grid ({len(settings['workloads'])} workloads), "
           f"{len(jobs) - len([j for j in jobs if j.rid not in done])} already finished in {output_dir}, "
           f"{len(todo)} to run", file=console, flush=True)
+    if baseline is not None:
+        print(f"suite: the other cells from --baseline {args.baseline} (revision {baseline['revision']}, "
+              f"{baseline['command']})", file=console, flush=True)
     if settings["num_proc"] > 1 and shard_count == 1 and len(todo) > 1:
         child_argv = [a for a in argv]
         status = _run_shards(child_argv, output_dir, min(settings["num_proc"], len(todo)), [j.rid for j in jobs],
