@@ -227,6 +227,28 @@ def test_non_finite_gradient_skips_the_step_without_poisoning(foreach, bad):
     assert not torch.equal(model.weight, params["weight"])
 
 
+def test_a_frozen_noisy_body_does_not_set_the_heads_signal_share():
+    """Each tensor's reading counts in proportion to its group's lr ratio: a large body whose gradient is pure noise,
+    frozen at lr 0, leaves the signal share the head's (a clean gradient: share ~ 1), as it is without the body;
+    counted by size alone the body's noise would set it (~0) and damp the head's step."""
+    body_lr = 0.0
+    torch.manual_seed(0)
+    head, body = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(300, 300))
+    alone = build_variant([nn.Parameter(head.detach().clone())], lr=1e-3)
+    both = build_variant([{"params": [head]}, {"params": [body], "lr": body_lr}], lr=1e-3)
+    direction = torch.randn(4, 4)
+    for _ in range(30):
+        for opt in (alone, both):
+            opt.zero_grad()
+            for p in opt.param_groups[0]["params"]:
+                p.grad = direction.clone()
+        body.grad = torch.randn(300, 300)
+        alone.step()
+        both.step()
+    assert alone.diagnostics()["variance_factor"] > 0.9
+    assert both.diagnostics()["variance_factor"] == pytest.approx(alone.diagnostics()["variance_factor"], abs=0.05)
+
+
 def test_group_with_lr_zero_stays_unchanged():
     model = _toy_model()
     x, y = _toy_data()
@@ -390,13 +412,40 @@ def test_a_loss_spike_halves_the_step_and_caps_it_from_then_on():
     assert max(scales[20:]) <= ceiling and max(scales[:20]) > ceiling  # it had grown past it before the spike
 
 
+def test_the_ceiling_yields_to_a_linear_reading_and_holds_on_noise():
+    """ceiling_yields (the default): where the secant reads the loss as linear along the step (far from the minimum
+    of a quadratic), the step grows past the progress ceiling on a flat loss, and the ceiling moves up with it; where
+    the gradient is noise (r ~ 0) the ceiling holds the step at its start."""
+    torch.manual_seed(0)
+    far = nn.Parameter(5.0 + 3.0 * torch.randn(64))
+    noisy = nn.Parameter(torch.randn(64))
+    linear, noise = build_variant([far], warmup_steps=2), build_variant([noisy], warmup_steps=2)
+    starts = {}
+    for t in range(40):
+        for opt in (linear, noise):
+            opt.zero_grad()
+            opt.set_loss(1.0)  # flat: the loss earns no growth
+        (0.5 * (far - 5.0) ** 2).sum().backward()
+        noisy.grad = torch.randn(64)
+        for opt in (linear, noise):
+            opt.step()
+            starts.setdefault(id(opt), opt.param_groups[0]["base_scale"])
+    grown = linear.param_groups[0]
+    assert grown["ceiling_yields"] and grown["base_scale"] > 4 * starts[id(linear)]
+    assert grown["scale_start"] == pytest.approx(grown["base_scale"], rel=0.5)  # the ceiling followed the step up
+    held = noise.param_groups[0]
+    assert held["base_scale"] <= starts[id(noise)] * (1 + 1e-12)
+    assert held["scale_start"] == starts[id(noise)]
+
+
 @pytest.mark.parametrize("fall", [1.0, 4.0])
 def test_the_step_grows_past_its_start_only_as_far_as_the_loss_has_fallen(fall):
-    """progress_power 1: however hard the secant pushes, d <= d0 * first loss / recent loss (EMA over beta1)."""
+    """progress_power 1 without ceiling_yields: however hard the secant pushes, d <= d0 * first loss / recent loss
+    (EMA over beta1)."""
     torch.manual_seed(0)
     w = nn.Parameter(5.0 + 3.0 * torch.randn(64))  # far from the minimum: the secant keeps growing the step
     free = build_variant([w], warmup_steps=2, progress_power=None)
-    held = build_variant([nn.Parameter(w.detach().clone())], warmup_steps=2, progress_power=1.0)
+    held = build_variant([nn.Parameter(w.detach().clone())], warmup_steps=2, progress_power=1.0, ceiling_yields=False)
     for opt in (free, held):
         p = opt.param_groups[0]["params"][0]
         for t in range(40):

@@ -64,8 +64,69 @@ def render() -> str:
                 lines.append(f"| {name} | {change} | {path} | " + " | ".join(_cell(by[w]) if w in by else "–"
                                                                        for w in WORKLOADS) + " |")
     lines.append("| AdamW | best-tuned (suite) | – | " + " | ".join(ADAMW[w] for w in WORKLOADS) + " |")
-    lines += ["", secant_bias_paragraph(), *horizon_table()]
+    lines += ["", secant_bias_paragraph(), *horizon_table(), *v9_table()]
     return "\n".join(lines) + "\n"
+
+
+# The v9 probes (this directory's v9/<dir>/results.jsonl): suite v2's short workloads, seed 0, lr 1e-1, each run's
+# suite_config.json command with its --optimizer_kwargs. The paths a probe ran are the rows it has.
+V9_WORKLOADS = ("digits-mlp", "mnist-cnn", "charlm", "charlm-noclip", "finetune", "lora", "finetune-discr",
+                "finetune-frozen", "bilstm")
+V9_VARIANTS = (
+    ("tg", "v9b", "v8f with trusted growth (grow at the full rate on a reading r >= 1/2, whatever the signal share)"),
+    ("grp", "v9c", "v8f with each tensor's signal share and gradient norm counted in proportion to its group's lr "
+                   "ratio (a frozen body counts for nothing)"),
+    ("cy", "v9d", "v9c with the progress ceiling yielding to a linear reading (r >= 1/2), fed path only"),
+    ("cy2", "v9e", "v9d growing past the ceiling at most 2x per 1/(1-beta1) steps (`v9/variants.patch`)"),
+    ("pb", "v9f", "v9c, plain path: the step grows only on a linear reading, as there is no loss to earn growth "
+                  "with (`v9/variants.patch`)"),
+    ("t0", "v9g", "v9d with the secant's target 0 (the greedy step) instead of -1 at full signal"),
+)
+
+
+def v9_table() -> list[str]:
+    """The v9 probes, each cell the seed-0 value, its change from the suite's seed-0 run of the same row, and the
+    effective lr at the start, its maximum and at the end; the suite's seed 0 and best-tuned AdamW below."""
+    root = os.path.join(HERE, "v9")
+    if not os.path.isdir(root):
+        return []
+    result = json.load(open(os.path.join(HERE, "..", "..", "suite", "results.json"), encoding="utf-8"))
+    suite = result["workloads"]
+
+    def seed0(name: str, row: str) -> float:
+        cell = next(c for c in suite[name]["cells"] if c["optimizer"] == row and c["lr"] == 0.1)
+        return cell["values"][cell["seeds"].index(0)]
+
+    def fmt(name: str, value: float) -> str:
+        return f"{value:.3f}" if suite[name]["metric"] == "bpc" else f"{value:.2f}"
+
+    lines = ["", "**The v9 probes** (suite v2's short workloads, seed 0, lr 1e-1, fed and plain as above; `v9/<dir>/`"
+             "results.jsonl, the command in each `suite_config.json`): the value, its change from the suite's seed-0 "
+             "run of the same row (bpc: lower is better), and the effective lr at the start, its maximum and at the "
+             "end.", "",
+             "| variant | what changed | path | " + " | ".join(V9_WORKLOADS) + " |",
+             "|---|---|---|" + "---|" * len(V9_WORKLOADS)]
+    for directory, name, change in V9_VARIANTS:
+        runs = [json.loads(line) for line in open(os.path.join(root, directory, "results.jsonl"), encoding="utf-8")]
+        for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
+            by = {r["workload"]: r for r in runs if r["optimizer"] == opt and r["seed"] == 0}
+            if not by:
+                continue
+            cells = []
+            for w in V9_WORKLOADS:
+                if w not in by:
+                    cells.append("–")
+                    continue
+                value, lr = _value(by[w]), by[w]["effective_lr"]
+                cells.append(f"{fmt(w, value)} ({value - seed0(w, opt):+.{3 if suite[w]['metric'] == 'bpc' else 2}f}; "
+                             f"{lr['start']:.1e} → {lr['max']:.1e} → {lr['end']:.1e})")
+            lines.append(f"| {name} | {change} | {path} | " + " | ".join(cells) + " |")
+    for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
+        lines.append(f"| v8f | the suite's seed 0 (the default until v9) | {path} | "
+                     + " | ".join(fmt(w, seed0(w, opt)) for w in V9_WORKLOADS) + " |")
+    lines.append("| AdamW | best-tuned (suite, 3 seeds) | – | "
+                 + " | ".join(fmt(w, suite[w]["best_adamw"]["mean"]) for w in V9_WORKLOADS) + " |")
+    return lines
 
 
 def horizon_table() -> list[str]:

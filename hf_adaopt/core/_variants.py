@@ -31,6 +31,7 @@ SETTINGS: dict[str, Any] = {
     "ramp": False,  # tracking: during warmup, double d each step while the reading is clearly linear (r >= 1/2)
     "earned_decay": False,  # the horizon's decay goes to d * S/(S+N) at the end, not to 0
     "capped_growth": True,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps (v8)
+    "ceiling_yields": True,  # the progress ceiling lets the step grow while the secant reads linear, r >= 1/2 (v9d)
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -38,6 +39,7 @@ BEFORE_SETTING = {
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
     "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
     "window_growth": 2.0, "ramp": False, "earned_decay": False, "capped_growth": False,
+    "ceiling_yields": False,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,
@@ -59,7 +61,7 @@ _V5A = _on(_V4D, initial_decrease=0.03)
 _V5E = _on(_V5A, progress_power=1.0)
 
 # Every committed ablation row: the settings it ran (public ones included: adapt_rate, loss_spike_threshold).
-# None: the row ran code that is gone (v4a-v4c's independent secant, commit cf8e368).
+# None: the row ran code that is gone (GONE says where it is).
 VARIANTS: dict[str, dict | None] = {
     "v1": _V1,
     "v2a": _V2A,
@@ -102,12 +104,26 @@ VARIANTS: dict[str, dict | None] = {
     "v8d": _on(_V5E, earned_decay=True),
     "v8e": _on(_V5E, capped_growth=True, window_growth=2.0),
     "v8f": _on(_V5E, capped_growth=True, window_growth=4.0),
+    # v9 (issue 19), suite v2's short workloads, seed 0, lr 1e-1 (model_cards/results/ablation/v8/README.md); from
+    # v9c on, each tensor's signal share counts in proportion to its group's lr ratio (CODE_CHANGES)
+    "v9b": _on(_V5E, capped_growth=True, window_growth=4.0, trusted_growth=True, ceiling_yields=False),
+    "v9c": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=False),
+    "v9d": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True),
+    "v9e": None,
+    "v9f": None,
+    "v9g": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, secant_target=0.0),
+}
+GONE = {
+    **{v: "the independent secant, commit cf8e368" for v in ("v4a", "v4b", "v4c")},
+    **{v: "a probe patch, model_cards/results/ablation/v8/v9/variants.patch on 15de330" for v in ("v9e", "v9f")},
 }
 # Code that changed under the switches since a row ran (its rerun differs from the committed numbers).
 CODE_CHANGES = (
     ("v4g", "the loss guard's ceiling: rows before v4g ran without it"),
     ("v7a", "the secant's gradient norm on the subsample: rows before v7a took it over the whole gradient"),
     ("v7b", "the lagged reading (summed in the last update): rows before v7b read this step's gradient"),
+    ("v9c", "each tensor's signal share and the secant's gradient norm counted in proportion to its group's lr "
+            "ratio: rows before v9c counted every tensor by its size alone (one group: the same numbers)"),
 )
 
 
@@ -153,8 +169,8 @@ def build(params, variant: str | None = None, **kwargs: Any):
         if variant not in VARIANTS:
             raise ValueError(f"unknown AdaOpt variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if VARIANTS[variant] is None:
-            raise ValueError(f"AdaOpt variant {variant!r} ran code that is gone (the independent secant, commit "
-                             "cf8e368): check out that commit to rerun it")
+            raise ValueError(f"AdaOpt variant {variant!r} ran code that is gone ({GONE[variant]}): apply or check "
+                             "out that code to rerun it")
         settings.update(VARIANTS[variant])
     settings.update(kwargs)
     private = {k: settings.pop(k) for k in list(settings) if k in SETTINGS}

@@ -8,7 +8,7 @@
 3. ``signal_shares``  -- the gradient's signal share S/(S+N) per tensor (McCandlish et al. 2018), and the gate
 4. ``secant_factor``  -- the landscape factor mu from the last step's directional derivatives
 5. ``loss_guard``     -- halve d on a loss spike, and never grow past that again
-6. ``progress_ceiling`` -- d grows past d0 at most as far as the loss has fallen
+6. ``progress_ceiling`` -- d grows past d0 at most as far as the loss has fallen, or while the secant reads linear
 7. ``trust_bound``    -- the first version's caps relative to the weights' RMS (off by default)
 8. ``step_sizes``     -- s * d * phi per tensor, s the group's lr over the reference lr
 
@@ -285,7 +285,8 @@ def loss_guard(d: float, loss: float, c: dict, t: int, *, warmup: int, threshold
 
 def progress_ceiling(d: float, loss: float, c: dict, *, beta1: float, power: float) -> tuple[float, dict]:
     """(d, updates): d <= d0 (first loss / recent loss)^power, the recent loss an EMA (beta1) of the loss. Growth
-    must be earned: on a plateau the secant reads every step as too short."""
+    must be earned: on a plateau the secant reads every step as too short. With ``ceiling_yields`` (plan_step) a
+    linear reading earns it too: from scratch Polyak's start is 10-40x short and the loss alone would hold it there."""
     out = {}
     loss_start, scale_start = c["loss_start"], c["scale_start"]
     if loss_start is None:
@@ -296,6 +297,14 @@ def progress_ceiling(d: float, loss: float, c: dict, *, beta1: float, power: flo
     out.update(loss_fast=fast, loss_fast_count=count)
     recent = fast / (1.0 - beta1**count)
     return min(d, scale_start * (loss_start / recent) ** power), out
+
+
+def linear_reading(secant_after: float, secant_before: float) -> bool:
+    """Whether the secant reads the loss as linear along the step: r >= TRUSTED_GROWTH_R, the directional derivative
+    kept at least half its value across the step. Minibatch noise pulls r down, never up (a linear loss reads r =
+    1.00 full-batch, 0.96 at batch 256, 0.78 at batch 32: ablation v8's secant probe), so such a reading is evidence
+    that the step is short, not an artefact of noise."""
+    return secant_before > 0.0 and secant_after / secant_before >= TRUSTED_GROWTH_R
 
 
 def trust_bound(d: float, param_sq: float, dir_sq: float, numel: float) -> float:
@@ -367,8 +376,14 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     t = c["meta_step"]
 
     per_tensor = [groups[gi] for gi in tensors["group_index"]]
+    # Each tensor's reading counts in proportion to how far the step moves it (its group's lr ratio s): a body at
+    # 0.01x the head's lr, or frozen at 0, does not set the head's signal share, nor the secant's gradient norm.
+    moved = [g["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 1.0 for g in per_tensor]
+    if not any(moved):
+        moved = [1.0] * n
     phis, signal_fraction, momentum_fraction = signal_shares(
-        tensors["steps"], tensors["betas"], [p.numel() for p in tensors["params"]], rows["m_sq"], rows["v_sum"],
+        tensors["steps"], tensors["betas"], [s * p.numel() for s, p in zip(moved, tensors["params"])],
+        rows["m_sq"], rows["v_sum"],
         warmup=warmup, floors=[g["min_variance_factor"] for g in per_tensor],
         powers=[g["variance_power"] for g in per_tensor])
     # the secant reads EMAs over ~1/(1-beta1) steps: their noise is the momentum's (momentum_noise)
@@ -376,7 +391,8 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
 
     # The reading is the last step's, summed during the last update on the subsample (norm included): the fused
     # step reads each gradient once, in the update, so nothing of this step's gradient is known before it.
-    ema = secant_ema(c, t, beta1, math.sqrt(sum(rows["grad_sq"])), sum(rows["after"]), sum(rows["before"]))
+    ema = secant_ema(c, t, beta1, math.sqrt(sum(s * s * q for s, q in zip(moved, rows["grad_sq"]))),
+                     sum(rows["after"]), sum(rows["before"]))
     read = ema["secant_after"] != c["secant_after"] or ema["secant_before"] != c["secant_before"]
     c.update(ema)
     anneal = cooldown_factor(t, g0.get("total_steps"))
@@ -400,8 +416,13 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     if c["scale_ceiling"] is not None:  # a step that once made the loss spike is not taken again
         d = min(d, c["scale_ceiling"])
     if g0["progress_power"] and has_loss and loss > 0.0:
-        d, updates = progress_ceiling(d, loss, c, beta1=beta1, power=g0["progress_power"])
+        capped, updates = progress_ceiling(d, loss, c, beta1=beta1, power=g0["progress_power"])
         c.update(updates)
+        if g0["ceiling_yields"] and t > warmup and linear_reading(c["secant_after"], c["secant_before"]):
+            if capped < d:  # let the step through, and move the ceiling up to it: from here growth is earned again
+                c["scale_start"] *= d / capped
+        else:
+            d = capped
     if g0["trust_bounds"]:
         # before the first step there is no direction yet; Adam's first direction is sign(g), of RMS 1
         u2 = sum(rows["dir_sq"][i] for i in matrices) if t > 1 else n2
