@@ -489,10 +489,25 @@ def test_a_first_step_without_a_loss_says_how_to_give_one(caplog):
     assert "AdaOptCallback" in warned[0] and "set_loss" in warned[0]
 
 
-def test_without_a_loss_the_first_step_is_a_fraction_of_the_weights_rms():
+def test_without_a_loss_the_first_step_is_polyaks_for_the_assumed_loss():
+    """The plain path (no set_loss, no closure): the same start as fed, 3% of a loss of 1 (assumed_loss) over
+    sum |g|; the progress ceiling holds it there (no fall of the loss), so it grows only on linear readings."""
     model = _toy_model()
     x, y = _toy_data()
-    opt = build_variant(model.parameters(), initial_decrease=0.03, initial_scale=1e-2)
+    opt = AdaOpt(model.parameters())
+    nn.functional.cross_entropy(model(x), y).backward()
+    l1 = sum(float(p.grad.abs().sum()) for p in model.parameters())
+    opt.step()
+    assert opt.param_groups[0]["assumed_loss"] == 1.0
+    assert opt.diagnostics()["effective_lr"] == pytest.approx(0.03 * 1.0 / l1, rel=1e-5)
+    assert opt.param_groups[0]["scale_start"] == opt.param_groups[0]["base_scale"]
+    assert opt.param_groups[0]["loss_count"] == 0  # the loss guard reads real losses only
+
+
+def test_without_a_loss_and_assumed_loss_none_the_first_step_is_a_fraction_of_the_weights_rms():
+    model = _toy_model()
+    x, y = _toy_data()
+    opt = build_variant(model.parameters(), initial_decrease=0.03, initial_scale=1e-2, assumed_loss=None)
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()  # no set_loss, no closure: nothing to take Polyak's step from
     matrices = [p for p in model.parameters() if p.dim() >= 2]
@@ -562,6 +577,7 @@ def test_empty_optimizer_step_is_a_no_op():
         ({"initial_decrease": 1.5}, "Invalid initial_decrease value: 1.5"),
         ({"progress_power": -1.0}, "Invalid progress_power value: -1.0"),
         ({"progress_power": float("nan")}, "Invalid progress_power value: nan"),
+        ({"assumed_loss": 0.0}, "Invalid assumed_loss value: 0.0"),
     ],
 )
 def test_invalid_arguments_name_the_bad_value(kwargs, message):

@@ -81,6 +81,8 @@ V9_VARIANTS = (
     ("pb", "v9f", "v9c, plain path: the step grows only on a linear reading, as there is no loss to earn growth "
                   "with (`v9/variants.patch`)"),
     ("t0", "v9g", "v9d with the secant's target 0 (the greedy step) instead of -1 at full signal"),
+    ("pp", "v10", "v9d, plain path: Polyak's start for an assumed loss of 1 and the progress ceiling at that start, "
+                  "yielding to a linear reading: the fed path's controller without a fall of the loss (the default)"),
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 # says what each does).
 SETTINGS: dict[str, Any] = {
     "variance_power": 0.0,  # exponent p of the per-tensor gate phi ~ (S/(S+N))^p; 0: every tensor the same step
-    "initial_scale": 1e-2,  # the start as a fraction of the weight matrices' RMS (no loss); None: start at lr
+    "initial_scale": 1e-2,  # the start as a fraction of the weight matrices' RMS (no loss, assumed_loss None); None: lr
     "initial_decrease": 0.03,  # Polyak's start: the first step's first-order decrease as a fraction of the loss
     "progress_power": 1.0,  # the progress ceiling d <= d0 (f0 / f)^k; None: off
     "secant_target": -1.0,  # the secant ratio steered to at full signal; 0: the greedy step
@@ -32,6 +32,7 @@ SETTINGS: dict[str, Any] = {
     "earned_decay": False,  # the horizon's decay goes to d * S/(S+N) at the end, not to 0
     "capped_growth": True,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps (v8)
     "ceiling_yields": True,  # the progress ceiling lets the step grow while the secant reads linear, r >= 1/2 (v9d)
+    "assumed_loss": 1.0,  # no loss given: Polyak's start and the ceiling read this one; None: 1% of the RMS (v10)
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -39,12 +40,12 @@ BEFORE_SETTING = {
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
     "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
     "window_growth": 2.0, "ramp": False, "earned_decay": False, "capped_growth": False,
-    "ceiling_yields": False,
+    "ceiling_yields": False, "assumed_loss": None,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,
        "secant_target": 0.0, "signal_scaled_target": False, "symmetric_damping": False, "trust_bounds": True,
-       "momentum_noise": False, "capped_growth": False}
+       "momentum_noise": False, "capped_growth": False, "ceiling_yields": False, "assumed_loss": None}
 
 
 def _on(base: dict, **change: Any) -> dict:
@@ -104,14 +105,15 @@ VARIANTS: dict[str, dict | None] = {
     "v8d": _on(_V5E, earned_decay=True),
     "v8e": _on(_V5E, capped_growth=True, window_growth=2.0),
     "v8f": _on(_V5E, capped_growth=True, window_growth=4.0),
-    # v9 (issue 19), suite v2's short workloads, seed 0, lr 1e-1 (model_cards/results/ablation/v8/README.md); from
-    # v9c on, each tensor's signal share counts in proportion to its group's lr ratio (CODE_CHANGES)
-    "v9b": _on(_V5E, capped_growth=True, window_growth=4.0, trusted_growth=True, ceiling_yields=False),
-    "v9c": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=False),
+    # v9 and v10 (issue 19), suite v2's short workloads, seed 0, lr 1e-1 (model_cards/results/ablation/v8/README.md);
+    # from v9c on, each tensor's signal share counts in proportion to its group's lr ratio (CODE_CHANGES)
+    "v9b": _on(_V5E, capped_growth=True, window_growth=4.0, trusted_growth=True),
+    "v9c": _on(_V5E, capped_growth=True, window_growth=4.0),
     "v9d": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True),
     "v9e": None,
     "v9f": None,
     "v9g": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, secant_target=0.0),
+    "v10": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0),
 }
 GONE = {
     **{v: "the independent secant, commit cf8e368" for v in ("v4a", "v4b", "v4c")},
@@ -132,6 +134,9 @@ def check(settings: dict[str, Any]) -> None:
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise TypeError(f"unknown AdaOpt settings {sorted(unknown)}; the private settings are {sorted(SETTINGS)}")
+    assumed = settings.get("assumed_loss", SETTINGS["assumed_loss"])
+    if assumed is not None and not 0.0 < assumed < math.inf:
+        raise ValueError(f"Invalid assumed_loss value: {assumed} (expected a finite loss > 0 or None)")
     for key in ("initial_scale", "initial_decrease"):
         value = settings.get(key, SETTINGS[key])
         if value is not None and not 0.0 < value < 1.0:

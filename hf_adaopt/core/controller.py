@@ -371,7 +371,8 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
         wp2 = sum(ratios[i] * rows["param_sq"][i] for i in counted)
         wn2 = float(sum(ratios[i] * tensors["directions"][i].numel() for i in counted))
         wl1 = sum(ratios[i] * l1[i] for i in range(len(l1)))
-        c["base_scale"] = initial_scale(g0, c["reference_lr"], wp2, wn2, loss if has_loss else None, wl1)
+        c["base_scale"] = initial_scale(g0, c["reference_lr"], wp2, wn2, loss if has_loss else g0["assumed_loss"],
+                                        wl1)
     c["meta_step"] += 1
     t = c["meta_step"]
 
@@ -415,8 +416,11 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
         c.update(updates)
     if c["scale_ceiling"] is not None:  # a step that once made the loss spike is not taken again
         d = min(d, c["scale_ceiling"])
-    if g0["progress_power"] and has_loss and loss > 0.0:
-        capped, updates = progress_ceiling(d, loss, c, beta1=beta1, power=g0["progress_power"])
+    # Without a loss the ceiling reads the assumed one: no fall, so the step grows past its start only on linear
+    # readings (the secant alone grew a full fine-tune's step 10x, and no loss would say that was not progress).
+    ceiling_loss = loss if has_loss else g0["assumed_loss"]
+    if g0["progress_power"] and ceiling_loss is not None and ceiling_loss > 0.0:
+        capped, updates = progress_ceiling(d, ceiling_loss, c, beta1=beta1, power=g0["progress_power"])
         c.update(updates)
         if g0["ceiling_yields"] and t > warmup and linear_reading(c["secant_after"], c["secant_before"]):
             if capped < d:  # let the step through, and move the ceiling up to it: from here growth is earned again

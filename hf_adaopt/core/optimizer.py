@@ -377,13 +377,17 @@ class AdaOpt(Optimizer):
         stats = stats_fn(tensors)
         self.__dict__.pop("_sums_loaded", None)  # loaded sums describe the state before this step only
         first_l1 = None
-        if self.param_groups[0]["base_scale"] is None and self.param_groups[0].get("initial_decrease"):
+        g0 = self.param_groups[0]
+        if g0["base_scale"] is None and g0.get("initial_decrease"):
             if pending is None:
-                logger.warning("AdaOpt: no loss for the first step (add AdaOptCallback to the Trainer, pass a "
-                               "closure to step(), or call set_loss(loss) before it): the step starts at "
-                               "initial_scale of the weights' RMS instead of Polyak's step, and the progress "
-                               "ceiling is off")
-            else:
+                logger.warning(
+                    "AdaOpt: no loss for the first step (add AdaOptCallback to the Trainer, pass a closure to step(), "
+                    "or call set_loss(loss) before it): " + (
+                        "the step starts at initial_scale of the weights' RMS instead of Polyak's step, and the "
+                        "progress ceiling is off" if g0.get("assumed_loss") is None else
+                        f"Polyak's start assumes a loss of {g0['assumed_loss']:g}, and the step grows past it only "
+                        "while the loss reads linear along the step (no fall of the loss to earn it with)"))
+            if pending is not None or g0.get("assumed_loss") is not None:
                 # the first step only: sum |g| per tensor, the first-order decrease of Adam's first step sign(g)
                 first_l1 = torch.stack(torch._foreach_norm(cast_grads(tensors)["grads"], 1)).to(stats.dtype)
         values = read_scalars(stats, tensors, pending, first_l1)  # the one host sync (and all_reduce)
