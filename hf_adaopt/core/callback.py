@@ -174,8 +174,8 @@ class AdaOptCallback(TrajectoryCallback):
     * Loss: a forward hook on the model captures ``outputs["loss"]`` of each training micro-batch (detached,
       on the device); the mean over the gradient-accumulation window goes to ``optimizer.set_loss`` right
       before ``optimizer.step()``. Models that return no loss (tuple outputs, a ``compute_loss_func``) get
-      no loss fed; AdaOpt then starts at 1% of the weights' RMS instead of Polyak's step and runs without its
-      progress ceiling and loss guard (it logs a warning at the first step).
+      no loss fed; AdaOpt then runs its plain path: Polyak's step for an assumed loss of 1, growth past it
+      only on linear readings, no loss guard (it logs a warning at the first step).
     * Logs: every training log (``logging_steps``) gets ``adaopt/effective_lr``, ``adaopt/variance_factor``,
       ``adaopt/landscape_factor``, ``adaopt/base_scale``, ``adaopt/skipped_steps``, ``adaopt/loss_spikes``,
       on the main process; they reach ``state.log_history`` and the ``report_to`` integrations (TensorBoard,

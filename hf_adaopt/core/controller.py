@@ -4,7 +4,7 @@
 ``tests/test_controller.py``):
 
 1. ``finiteness``     -- skip a step whose numbers are not finite; count the fused step's masked elements
-2. ``initial_scale``  -- the first step's base scale d0 (Polyak's step from the loss, or a fraction of the weights' RMS)
+2. ``initial_scale``  -- the first step's base scale d0 (Polyak's step from the loss, or from ``assumed_loss``)
 3. ``signal_shares``  -- the gradient's signal share S/(S+N) per tensor (McCandlish et al. 2018), and the gate
 4. ``secant_factor``  -- the landscape factor mu from the last step's directional derivatives
 5. ``loss_guard``     -- halve d on a loss spike, and never grow past that again

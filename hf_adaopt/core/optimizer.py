@@ -15,7 +15,10 @@ The step of every tensor :math:`i` is
   taken as 0, as SPS and MoMo do). On the suite it landed within 2.5x of the best-tuned AdamW lr on five of
   six workloads, where the previous start, 1% of the weights' RMS, was 6-15x off on five; it reads the full
   fine-tune (22M gradients) as needing a small step and LoRA (76k) a large one. Without a loss (no
-  :meth:`set_loss`, no closure) it starts at ``initial_scale`` (1%) of the weight matrices' RMS. It is held
+  :meth:`set_loss`, no closure) it takes the same step for an **assumed loss** of 1 (``assumed_loss``), the scale
+  of a loss at initialisation (cross-entropy's log of the classes, a normalised regression's 1): one controller on
+  both paths (v10; the plain path's previous start, 1% of the weights' RMS, was 6x too high on the full fine-tune
+  and 15-150x too low on LoRA and a new head). It is held
   there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
   step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
   (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
@@ -40,7 +43,8 @@ The step of every tensor :math:`i` is
   the per-gradient share; noise then ratcheted the step up, which needed a cap). Optionally
   (``variance_power`` p > 0, off by default), :math:`\phi_i \propto (S_i/(S_i+N_i))^{p}` (mean 1) moves the step
   towards tensors with more signal.
-* **Progress ceiling**: the step grows past its start at most as far as the loss has fallen,
+* **Progress ceiling**: the step grows past its start at most as far as the loss has fallen (without a loss: not
+  at all, but for the yield below),
   :math:`d_t \le d_0 (f_0/\bar f_t)^{k}`, :math:`\bar f` an EMA (:math:`\beta_1`) of the loss and :math:`k` =
   ``progress_power`` (1). Growth must be earned: on a plateau -- LoRA's zero-initialised adapter, a pretrained
   body under a new head -- the secant reads every step as too short, and from Polyak's start it grew the step
@@ -83,8 +87,9 @@ non-finite elements as they were, takes the rest of the step, and counts it at t
 
 Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
 EMAs fill; the secant needs gradients that carry information from one step to the next; Polyak's start and the
-progress ceiling need a positive loss (without one AdaOpt starts at 1% of the weights' RMS, and a model whose
-weight matrices are all zero then has no scale to start from: it starts at ``lr``).
+progress ceiling read the assumed loss when none is given (so without a loss the step grows past its start only on
+linear readings); with ``assumed_loss=None`` and no loss AdaOpt starts at 1% of the weights' RMS, and a model whose
+weight matrices are all zero then has no scale to start from: it starts at ``lr``.
 """
 
 from __future__ import annotations
@@ -112,8 +117,8 @@ class AdaOpt(Optimizer):
 
     Args:
         params: parameters or param groups (dicts), as for any ``torch.optim.Optimizer``.
-        lr: a multiplier, not the step size: the step starts at Polyak's step from the first loss, or at 1% of
-            the weights' RMS without a loss, whatever ``lr`` is. A scheduler
+        lr: a multiplier, not the step size: the step starts at Polyak's step from the first loss (for a loss of
+            1 without one), whatever ``lr`` is. A scheduler
             that halves ``group["lr"]`` halves the step, ``lr=0`` freezes the group, and per-group lrs keep their
             ratios: a group steps ``base_scale * lr / reference_lr``, the reference lr being the largest lr among
             the groups (fixed at the first step; a group added later is read against it). Default 1e-3.
@@ -136,7 +141,7 @@ class AdaOpt(Optimizer):
             when the Trainer's schedule is constant; :meth:`set_total_steps` does it in a plain loop). The last
             ``COOLDOWN_FRACTION`` (20%) of the steps then decay the step linearly to 0 from the size the controller
             set, which is held through the decay. ``None`` (default): no decay.
-        The start (Polyak's step from the first loss, else 1% of the weights' RMS) and the controller's other
+        The start (Polyak's step from the first loss, else from an assumed loss of 1) and the controller's other
             switches are fixed (``hf_adaopt.core._variants.SETTINGS``, chosen by ablation); the ablation rows and
             earlier versions are rebuilt from the private table there (``_variants.build(params, variant=...)``).
         foreach: use the multi-tensor implementation. Default: on when all parameters are on CUDA or CPU.
