@@ -81,6 +81,9 @@ V9_VARIANTS = (
     ("pb", "v9f", "v9c, plain path: the step grows only on a linear reading, as there is no loss to earn growth "
                   "with (`v9/variants.patch`)"),
     ("t0", "v9g", "v9d with the secant's target 0 (the greedy step) instead of -1 at full signal"),
+    ("hz-40", "v9d-h", "v9d given the horizon (total_steps 40: the last 8 steps decay), fine-tunes only"),
+    ("env-bilstm", "v8f-env", "v8f (the code of the suite's cells) rerun in this session's environment: the BiLSTM "
+                              "does not reproduce (its vocabulary is trained by `tokenizers`)"),
     ("pp", "v10", "v9d, plain path: Polyak's start for an assumed loss of 1 and the progress ceiling at that start, "
                   "yielding to a linear reading: the fed path's controller without a fall of the loss (the default)"),
 )
@@ -92,7 +95,7 @@ def v9_table() -> list[str]:
     root = os.path.join(HERE, "v9")
     if not os.path.isdir(root):
         return []
-    result = json.load(open(os.path.join(HERE, "..", "..", "suite", "results.json"), encoding="utf-8"))
+    result = _suite_v8f()
     suite = result["workloads"]
 
     def seed0(name: str, row: str) -> float:
@@ -104,7 +107,7 @@ def v9_table() -> list[str]:
 
     lines = ["", "**The v9 probes** (suite v2's short workloads, seed 0, lr 1e-1, fed and plain as above; `v9/<dir>/`"
              "results.jsonl, the command in each `suite_config.json`): the value, its change from the suite's seed-0 "
-             "run of the same row (bpc: lower is better), and the effective lr at the start, its maximum and at the "
+             "run of the same row at v8f (`suite_v8f.json`) (bpc: lower is better), and the effective lr at the start, its maximum and at the "
              "end.", "",
              "| variant | what changed | path | " + " | ".join(V9_WORKLOADS) + " |",
              "|---|---|---|" + "---|" * len(V9_WORKLOADS)]
@@ -131,18 +134,25 @@ def v9_table() -> list[str]:
     return lines
 
 
+def _suite_v8f() -> dict:
+    """Suite v2's AdaOpt cells and best-tuned AdamW at v8f (suite_v8f.json, kept from the suite's results.json as
+    committed at 2282aa5): what the probes here are read against, after the suite moved on to later versions."""
+    with open(os.path.join(HERE, "suite_v8f.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def horizon_table() -> list[str]:
     """Both AdaOpt rows given the horizon (total_steps = the workload's steps) on suite v2's short workloads, 3 seeds,
-    beside the same rows without it (the suite's cells, ../../suite/results.json)."""
+    beside the same rows without it (the suite's cells at v8f, `_suite_v8f`)."""
     path = os.path.join(HERE, "horizon", "results.jsonl")
     if not os.path.isfile(path):
         return []
     runs = [json.loads(line) for line in open(path, encoding="utf-8")]
-    result = json.load(open(os.path.join(HERE, "..", "..", "suite", "results.json"), encoding="utf-8"))
+    result = _suite_v8f()
     suite = {name: result["workloads"][name] for name in result["workload_order"]}
     lines = ["", "**The horizon on the short workloads** (suite v2's, seeds 0-2, lr 1e-1; `horizon/results.jsonl`, each "
              "group's command in `horizon/commands.txt`): each AdaOpt row given `total_steps` = the workload's steps "
-             "(the last 20% decay), against the same row without it (the suite's cells). Mean over seeds, the change in "
+             "(the last 20% decay), against the same row without it (the suite's cells at v8f, `suite_v8f.json`). Mean over seeds, the change in "
              "brackets; accuracy %, and bpc for the char-LMs (lower is better).", "",
              "| workload | fed, no horizon | fed, total_steps | plain, no horizon | plain, total_steps |",
              "|---|---|---|---|---|"]
