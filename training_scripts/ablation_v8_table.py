@@ -40,10 +40,27 @@ def _value(run: dict) -> float:
     return e["eval_loss"] / math.log(2.0) if run["task"] == "charlm" else 100 * e["eval_accuracy"]
 
 
+def _lrs(run: dict) -> str:
+    lr = run["effective_lr"]
+    return f"{lr['start']:.1e} → {lr['max']:.1e} → {lr['end']:.1e}"
+
+
 def _cell(run: dict) -> str:
     value = f"{_value(run):.3f}" if run["task"] == "charlm" else f"{_value(run):.2f}"
-    lr = run["effective_lr"]
-    return f"{value} ({lr['start']:.1e} → {lr['max']:.1e} → {lr['end']:.1e})"
+    return f"{value} ({_lrs(run)})"
+
+
+def _rows(root: str, variants, workloads, cell) -> list[str]:
+    """A table row per variant and path it ran: `cell(workload, row, run)` for each workload's seed-0 run."""
+    lines = []
+    for directory, name, change in variants:
+        runs = [json.loads(line) for line in open(os.path.join(root, directory, "results.jsonl"), encoding="utf-8")]
+        for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
+            by = {r["workload"]: r for r in runs if r["optimizer"] == opt and r["seed"] == 0}
+            if by:
+                lines.append(f"| {name} | {change} | {path} | " + " | ".join(
+                    cell(w, opt, by[w]) if w in by else "–" for w in workloads) + " |")
+    return lines
 
 
 def render() -> str:
@@ -56,13 +73,7 @@ def render() -> str:
              "climb in none, the MLP ends at 0.09/0.14 (v8a), 0.26/0.29 (v8f), against AdamW(1e-3)'s 0.34.", "",
              "| variant | what changed | path | " + " | ".join(WORKLOADS) + " |",
              "|---|---|---|" + "---|" * len(WORKLOADS)]
-    for directory, name, change in VARIANTS:
-        runs = [json.loads(line) for line in open(os.path.join(HERE, directory, "results.jsonl"), encoding="utf-8")]
-        for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
-            by = {r["workload"]: r for r in runs if r["optimizer"] == opt}
-            if by:
-                lines.append(f"| {name} | {change} | {path} | " + " | ".join(_cell(by[w]) if w in by else "–"
-                                                                       for w in WORKLOADS) + " |")
+    lines += _rows(HERE, VARIANTS, WORKLOADS, lambda w, opt, run: _cell(run))
     lines.append("| AdamW | best-tuned (suite) | – | " + " | ".join(ADAMW[w] for w in WORKLOADS) + " |")
     lines += ["", secant_bias_paragraph(), *horizon_table(), *v9_table()]
     return "\n".join(lines) + "\n"
@@ -105,27 +116,17 @@ def v9_table() -> list[str]:
     def fmt(name: str, value: float) -> str:
         return f"{value:.3f}" if suite[name]["metric"] == "bpc" else f"{value:.2f}"
 
-    lines = ["", "**The v9 probes** (suite v2's short workloads, seed 0, lr 1e-1, fed and plain as above; `v9/<dir>/`"
-             "results.jsonl, the command in each `suite_config.json`): the value, its change from the suite's seed-0 "
-             "run of the same row at v8f (`suite_v8f.json`) (bpc: lower is better), and the effective lr at the start, its maximum and at the "
-             "end.", "",
+    lines = ["", "**The v9 probes** (suite v2's short workloads, seed 0, lr 1e-1, fed and plain as above; `v9/<dir>/"
+             "results.jsonl`, the command in each `suite_config.json`): the value, its change from the suite's seed-0 "
+             "run of the same row at v8f (`suite_v8f.json`; bpc: lower is better), and the effective lr at the start, "
+             "its maximum and at the end.", "",
              "| variant | what changed | path | " + " | ".join(V9_WORKLOADS) + " |",
              "|---|---|---|" + "---|" * len(V9_WORKLOADS)]
-    for directory, name, change in V9_VARIANTS:
-        runs = [json.loads(line) for line in open(os.path.join(root, directory, "results.jsonl"), encoding="utf-8")]
-        for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
-            by = {r["workload"]: r for r in runs if r["optimizer"] == opt and r["seed"] == 0}
-            if not by:
-                continue
-            cells = []
-            for w in V9_WORKLOADS:
-                if w not in by:
-                    cells.append("–")
-                    continue
-                value, lr = _value(by[w]), by[w]["effective_lr"]
-                cells.append(f"{fmt(w, value)} ({value - seed0(w, opt):+.{3 if suite[w]['metric'] == 'bpc' else 2}f}; "
-                             f"{lr['start']:.1e} → {lr['max']:.1e} → {lr['end']:.1e})")
-            lines.append(f"| {name} | {change} | {path} | " + " | ".join(cells) + " |")
+    def cell(w: str, opt: str, run: dict) -> str:
+        value, digits = _value(run), 3 if suite[w]["metric"] == "bpc" else 2
+        return f"{fmt(w, value)} ({value - seed0(w, opt):+.{digits}f}; {_lrs(run)})"
+
+    lines += _rows(root, V9_VARIANTS, V9_WORKLOADS, cell)
     for opt, path in (("adaopt", "fed"), ("adaopt-plain", "plain")):
         lines.append(f"| v8f | the suite's seed 0 (the default until v9) | {path} | "
                      + " | ".join(fmt(w, seed0(w, opt)) for w in V9_WORKLOADS) + " |")
