@@ -80,6 +80,13 @@ def horizon_section() -> list[str]:
         cells = [c for c in suite["cells"] if c["optimizer"] == opt]
         cell = min(cells, key=lambda c: c["mean"])
         lines.append(row(f"{label} ({cell['lr']:g}, suite)", cell["values"]))
+    earlier = os.path.join(HERE, "d64-horizon-v8f", "results.jsonl")
+    if os.path.isfile(earlier):  # the same runs at the controller the suite ran before v9 (v8f)
+        old = [json.loads(line) for line in open(earlier, encoding="utf-8")]
+        means = {row_name: sum(vals) / len(vals) for row_name in ("adaopt", "adaopt-plain")
+                 for vals in [[r["eval"]["eval_loss"] / math.log(2) for r in old if r["optimizer"] == row_name]]}
+        lines += ["", f"The same runs at v8f, the controller before v9 (`d64-horizon-v8f/`): fed {means['adaopt']:.3f}, "
+                  f"plain {means['adaopt-plain']:.3f} bpc."]
     return [*lines, ""]
 
 
