@@ -132,6 +132,10 @@ def main() -> None:
         rank = int(os.environ.get("RANK", 0))
         result["world_size"] = int(os.environ.get("WORLD_SIZE", 1))
         torch.save(result, os.path.join(args.output_dir, f"{mode}_rank{rank}.pt"))
+    # Tear gloo down before the interpreter does: left to exit, its threads can abort the process ("terminate called
+    # without an active exception", SIGABRT) after every result is written, as a fresh-clone CI run once did.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
