@@ -202,8 +202,9 @@ def test_gradient_accumulation_feeds_window_mean_and_converges(tmp_path):
 
 
 # ------------------------------------------------------------------------------- schedule overrides: one warning
-RECOMMENDATION = ("AdaOpt reads group['lr'] as a multiplier of the step it adapts and anneals by itself: "
-                  "lr_scheduler_type='constant' without warmup is the recommended setting.")
+RECOMMENDATION = ("AdaOpt reads group['lr'] as a multiplier of the step it adapts, so a schedule scales that step: "
+                  "lr_scheduler_type='constant' without warmup is the recommended setting (for a decay at the end, "
+                  "AdaOptCallback(horizon=True) hands AdaOpt the Trainer's max_steps).")
 
 
 def _schedule_warnings(caplog):
