@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import os
 import sys
 
@@ -69,9 +70,12 @@ def horizon_section() -> list[str]:
              "the suite's cells of that workload (`../suite/results.json`, no horizon: the defaults). Gaps to the best "
              "AdamW there, negative is worse.", "",
              "| run | mean bpc | per seed | vs the best AdamW |", "|---|---|---|---|"]
+    def bpc(runs: list[dict], row_name: str) -> list[float]:
+        return [r["eval"]["eval_loss"] / math.log(2) for r in sorted(runs, key=lambda r: r["seed"])
+                if r["optimizer"] == row_name]
+
     for row_name, label in (("adaopt", "fed the loss"), ("adaopt-plain", "plain")):
-        values = [r["eval"]["eval_loss"] / math.log(2) for r in sorted(runs, key=lambda r: r["seed"])
-                  if r["optimizer"] == row_name]
+        values = bpc(runs, row_name)
         cell = next(c for c in suite["cells"] if c["optimizer"] == row_name)
         lines += [row(f"AdaOpt {label}, total_steps=3000", values),
                   row(f"AdaOpt {label}, no horizon (suite)", cell["values"])]
@@ -83,8 +87,7 @@ def horizon_section() -> list[str]:
     earlier = os.path.join(HERE, "d64-horizon-v8f", "results.jsonl")
     if os.path.isfile(earlier):  # the same runs at the controller the suite ran before v9 (v8f)
         old = [json.loads(line) for line in open(earlier, encoding="utf-8")]
-        means = {row_name: sum(vals) / len(vals) for row_name in ("adaopt", "adaopt-plain")
-                 for vals in [[r["eval"]["eval_loss"] / math.log(2) for r in old if r["optimizer"] == row_name]]}
+        means = {row_name: statistics.fmean(bpc(old, row_name)) for row_name in ("adaopt", "adaopt-plain")}
         lines += ["", f"The same runs at v8f, the controller before v9 (`d64-horizon-v8f/`): fed {means['adaopt']:.3f}, "
                   f"plain {means['adaopt-plain']:.3f} bpc."]
     return [*lines, ""]
