@@ -103,6 +103,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hf_adaopt.core import _variants, functional
+from hf_adaopt.core.backward_reading import BackwardReading
 from hf_adaopt.core.controller import CONTROLLER_DEFAULTS, plan_step, read_scalars
 from hf_adaopt.core.functional import cast_grads, local_shard, state_dtype, subsample
 from hf_adaopt.core.fused import SUMS_KEY, keep_sums_for_checkpoint
@@ -215,6 +216,8 @@ class AdaOpt(Optimizer):
         )
         super().__init__(params, defaults)
         self._pending_loss: Tensor | float | None = None
+        # Polyak's start reads the first gradient before clipping (backward_reading); no start to read, no hooks
+        self._backward_reading = BackwardReading(self, state_dtype) if self.defaults["initial_decrease"] else None
 
     # ----------------------------------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -395,9 +398,14 @@ class AdaOpt(Optimizer):
             if pending is not None or g0.get("assumed_loss") is not None:
                 # the first step only: sum |g| per tensor, the first-order decrease of Adam's first step sign(g)
                 first_l1 = torch.stack(torch._foreach_norm(cast_grads(tensors)["grads"], 1)).to(stats.dtype)
+                if self.__dict__.get("_backward_reading") is not None:  # before clipping, where it was read
+                    first_l1 = self._backward_reading.l1(tensors["params"], first_l1)
         values = read_scalars(stats, tensors, pending, first_l1)  # the one host sync (and all_reduce)
         # 2. host: skip, or move the controller and compute the per-tensor step sizes
         plan = plan_step(self.param_groups, tensors, values, has_loss=pending is not None)
+        if g0["base_scale"] is not None and self.__dict__.get("_backward_reading") is not None:
+            self._backward_reading.stop()  # the start is set (or was loaded): nothing more to read
+            self._backward_reading = None
         if plan is None:
             return loss
         # 3. device: Adam moments, parameters, and the direction kept for the next step's secant
