@@ -123,7 +123,9 @@ def test_trust_bound_caps_the_step_and_the_scale_by_the_weights_rms():
 def test_step_sizes_scale_each_tensor_by_its_groups_lr_ratio():
     groups = [{"lr": 1e-3, "weight_decay": 0.1, "eps": 1e-8}, {"lr": 0.0, "weight_decay": 0.0, "eps": 1e-6},
               {"lr": 5e-4, "weight_decay": 0.0, "eps": 1e-8}]
-    plan = ctl.step_sizes(groups, [0, 1, 2], d=0.02, phis=[1.0, 1.0, 2.0], reference_lr=1e-3)
+    ratios = ctl.lr_ratios(groups, reference_lr=1e-3)
+    assert ratios == pytest.approx([1.0, 0.0, 0.5]) and ctl.lr_ratios(groups, reference_lr=0.0) == [0.0] * 3
+    plan = ctl.step_sizes(groups, [0, 1, 2], d=0.02, phis=[1.0, 1.0, 2.0], ratios=ratios)
     assert plan["step_sizes"] == pytest.approx([0.02, 0.0, 0.02])
     assert plan["decays"] == pytest.approx([0.002, 0.0, 0.0])
     assert plan["dir_weights"] == pytest.approx([1.0, 0.0, 1.0])

@@ -234,7 +234,7 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
     if (settings["ramp"] and t <= settings["warmup_steps"] and read and c["secant_before"] > 0.0
             and not c["ramp_done"]):
         # an lr range test while the EMAs fill: double while the loss is still linear along the step
-        if c["secant_after"] / c["secant_before"] >= TRUSTED_GROWTH_R:
+        if linear_reading(c["secant_after"], c["secant_before"]):
             new = 2.0 * d
         else:
             out["ramp_done"] = True
@@ -317,14 +317,19 @@ def trust_bound(d: float, param_sq: float, dir_sq: float, numel: float) -> float
     return d
 
 
+def lr_ratios(groups: Sequence[dict], reference_lr: float, key: str = "lr") -> list[float]:
+    """Each group's s = lr / reference lr (``key`` "base_lr": the lr it was created with); 0 without a reference."""
+    return [group[key] / reference_lr if reference_lr > 0.0 else 0.0 for group in groups]
+
+
 def step_sizes(groups: Sequence[dict], group_index: Sequence[int], d: float, phis: Sequence[float],
-               reference_lr: float) -> dict:
+               ratios: Sequence[float]) -> dict:
     """The plan the tensor math applies: per tensor the step s * d * phi, the decay s * d * wd, the weight of the
-    direction kept for the next secant (s * phi: the actual step's direction), and eps; s = lr / reference lr."""
+    direction kept for the next secant (s * phi: the actual step's direction), and eps; s = ``ratios`` of its group
+    (``lr_ratios``)."""
     plan = {"step_sizes": [], "decays": [], "dir_weights": [], "eps": []}
     for i, gi in enumerate(group_index):
-        group = groups[gi]
-        s = group["lr"] / reference_lr if reference_lr > 0.0 else 0.0
+        group, s = groups[gi], ratios[gi]
         plan["step_sizes"].append(s * d * phis[i])
         plan["decays"].append(s * d * group["weight_decay"])
         plan["dir_weights"].append(s * phis[i])
@@ -365,12 +370,12 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     if c["base_scale"] is None:
         # Each tensor counts in proportion to its group's lr ratio (a frozen group, lr 0, for nothing): the first
         # step moves a tensor by ratio * d, so its first-order decrease is d * sum(ratio * |g|_1).
-        ratios = [groups[gi]["base_lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 1.0
-                  for gi in tensors["group_index"]]
-        counted = [i for i in matrices if ratios[i] > 0.0] or [i for i in range(n) if ratios[i] > 0.0] or matrices
-        wp2 = sum(ratios[i] * rows["param_sq"][i] for i in counted)
-        wn2 = float(sum(ratios[i] * tensors["directions"][i].numel() for i in counted))
-        wl1 = sum(ratios[i] * l1[i] for i in range(len(l1)))
+        created = lr_ratios(groups, c["reference_lr"], "base_lr") if c["reference_lr"] > 0.0 else [1.0] * len(groups)
+        weight = [created[gi] for gi in tensors["group_index"]]
+        counted = [i for i in matrices if weight[i] > 0.0] or [i for i in range(n) if weight[i] > 0.0] or matrices
+        wp2 = sum(weight[i] * rows["param_sq"][i] for i in counted)
+        wn2 = float(sum(weight[i] * tensors["directions"][i].numel() for i in counted))
+        wl1 = sum(weight[i] * l1[i] for i in range(len(l1)))
         c["base_scale"] = initial_scale(g0, c["reference_lr"], wp2, wn2, loss if has_loss else g0["assumed_loss"],
                                         wl1)
     c["meta_step"] += 1
@@ -379,7 +384,8 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
     per_tensor = [groups[gi] for gi in tensors["group_index"]]
     # Each tensor's reading counts in proportion to how far the step moves it (its group's lr ratio s): a body at
     # 0.01x the head's lr, or frozen at 0, does not set the head's signal share, nor the secant's gradient norm.
-    moved = [g["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 1.0 for g in per_tensor]
+    ratios = lr_ratios(groups, c["reference_lr"])
+    moved = [ratios[gi] for gi in tensors["group_index"]]
     if not any(moved):
         moved = [1.0] * n
     phis, signal_fraction, momentum_fraction = signal_shares(
@@ -438,9 +444,8 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
         # the decay goes as deep as the gradient is noise: to d * S / (S + N) at the end, McCandlish et al.'s
         # noise-optimal step (an under-trained run, all signal, keeps its step)
         anneal = 1.0 - (1.0 - signal_fraction) * (1.0 - anneal)
-    plan = step_sizes(groups, tensors["group_index"], d * anneal, phis, c["reference_lr"])
-    for group in groups:
+    plan = step_sizes(groups, tensors["group_index"], d * anneal, phis, ratios)
+    for group, s in zip(groups, ratios):
         group.update(c)
-        s = group["lr"] / c["reference_lr"] if c["reference_lr"] > 0.0 else 0.0
         group["effective_lr"] = s * d * anneal  # the gate's numel-weighted mean is 1
     return plan
