@@ -12,13 +12,15 @@ The step of every tensor :math:`i` is
   **Polyak's step** for Adam's first direction, whatever the lr: that direction is :math:`\operatorname{sign}(g)`,
   whose first-order loss decrease is :math:`d\,\|g\|_1`, and :math:`d_0 = c\, f_0 / \|g\|_1` makes it
   ``initial_decrease`` :math:`c` (3%) of the first loss :math:`f_0` (Polyak 1987, with the floor :math:`f^*`
-  taken as 0, as SPS and MoMo do). On the suite it landed within 2.5x of the best-tuned AdamW lr on five of
-  six workloads, where the previous start, 1% of the weights' RMS, was 6-15x off on five; it reads the full
-  fine-tune (22M gradients) as needing a small step and LoRA (76k) a large one. Without a loss (no
-  :meth:`set_loss`, no closure) it takes the same step for an **assumed loss** of 1 (``assumed_loss``), the scale
-  of a loss at initialisation (cross-entropy's log of the classes, a normalised regression's 1): one controller on
-  both paths (v10; the plain path's previous start, 1% of the weights' RMS, was 6x too high on the full fine-tune
-  and 15-150x too low on LoRA and a new head). It is held
+  taken as 0, as SPS and MoMo do). :math:`\|g\|_1` is read from the gradient as backward left it, before any
+  clipping (a hook per parameter until the first step: ``hf_adaopt.core.backward_reading``), so neither the start
+  nor the progress ceiling moves with ``max_grad_norm`` (v11; read after clipping, it moved 6x on the LM). On the
+  suite it landed within 2.5x of the best-tuned AdamW lr on five of six workloads, where the previous start, 1% of
+  the weights' RMS, was 6-15x off on five; it reads the full fine-tune (22M gradients) as needing a small step and
+  LoRA (76k) a large one. Without a loss (no :meth:`set_loss`, no closure) it takes the same step for an **assumed
+  loss** of 1 (``assumed_loss``), the scale of a loss at initialisation (cross-entropy's log of the classes, a
+  normalised regression's 1): one controller on both paths (v10; the plain path's previous start, 1% of the
+  weights' RMS, was 6x too high on the full fine-tune and 15-150x too low on LoRA and a new head). It is held
   there for ``warmup_steps`` while the EMAs fill, and is then multiplied every
   step by the **landscape factor** :math:`\mu_t`, a secant estimate of the curvature along the update
   (hypergradient descent, Baydin et al. 2018, in a scale-free multiplicative form). With :math:`u_{t-1}` the
