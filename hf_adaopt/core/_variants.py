@@ -33,6 +33,7 @@ SETTINGS: dict[str, Any] = {
     "capped_growth": True,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps (v8)
     "ceiling_yields": True,  # the progress ceiling lets the step grow while the secant reads linear, r >= 1/2 (v9d)
     "assumed_loss": 1.0,  # no loss given: Polyak's start and the ceiling read this one; None: 1% of the RMS (v10)
+    "earned_cooldown": False,  # the horizon's decay begins at the first step past its start that the secant does not grow
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -40,7 +41,7 @@ BEFORE_SETTING = {
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
     "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
     "window_growth": 2.0, "ramp": False, "earned_decay": False, "capped_growth": False,
-    "ceiling_yields": False, "assumed_loss": None,
+    "ceiling_yields": False, "assumed_loss": None, "earned_cooldown": False,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,

@@ -83,6 +83,7 @@ CONTROLLER_DEFAULTS = {
     "scale_log_mean": None,  # tracking: EMA (beta1) of log d over the steps the secant EMAs read
     "scale_lag": None,  # tracking: [d_{t-1}, d_{t-2}]: the reading at step t is about the step taken at t-2
     "ramp_done": False,  # tracking with ramp: the reading stopped being linear
+    "cooldown_begun": None,  # earned_cooldown: the last step before the decay, once it has begun
 }
 
 
@@ -250,16 +251,20 @@ def tracked_scale(d: float, c: dict, t: int, settings: dict, *, signal_fraction:
     return new, out
 
 
-def cooldown_factor(t: int, total_steps: int | None) -> float:
-    """The decay multiplier of step t (1-based) of ``total_steps``: 1, then linear to 0 over the last
-    COOLDOWN_FRACTION of the steps (at step total_steps it is 1 / (decay steps + 1), never 0)."""
+def cooldown_start(total_steps: int) -> int:
+    """The last step before the decay: the decay takes the last COOLDOWN_FRACTION of ``total_steps``."""
+    return total_steps - max(1, round(COOLDOWN_FRACTION * total_steps))
+
+
+def cooldown_factor(t: int, total_steps: int | None, start: int | None = None) -> float:
+    """The decay multiplier of step t (1-based) of ``total_steps``: 1 up to step ``start`` (default
+    ``cooldown_start``), then linear to 0 (at step total_steps it is 1 / (decay steps + 1), never 0)."""
     if not total_steps:
         return 1.0
-    decay = max(1, round(COOLDOWN_FRACTION * total_steps))
-    start = total_steps - decay
+    start = cooldown_start(total_steps) if start is None else start
     if t <= start:
         return 1.0
-    return max(total_steps + 1 - t, 1) / (decay + 1)
+    return max(total_steps + 1 - t, 1) / (total_steps - start + 1)
 
 
 def loss_guard(d: float, loss: float, c: dict, t: int, *, warmup: int, threshold: float) -> tuple[float, dict]:
@@ -402,7 +407,10 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
                      sum(rows["after"]), sum(rows["before"]))
     read = ema["secant_after"] != c["secant_after"] or ema["secant_before"] != c["secant_before"]
     c.update(ema)
-    anneal = cooldown_factor(t, g0.get("total_steps"))
+    total = g0.get("total_steps")
+    # earned_cooldown: the decay waits, past its planned start, for the first step the secant does not grow
+    earning = bool(g0["earned_cooldown"] and total and c["cooldown_begun"] is None)
+    anneal = 1.0 if earning else cooldown_factor(t, total, c["cooldown_begun"])
     if anneal < 1.0:  # the decay: the controller's step is held, the decay scales what is applied
         d, mu = c["base_scale"], 1.0
     elif g0["tracking"]:
@@ -416,6 +424,11 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
         if g0["capped_growth"]:  # the readings lag 1/(1-beta1) steps: grow at most window_growth over that time
             mu = min(mu, g0["window_growth"] ** (1.0 - beta1))
         d = c["base_scale"] * mu
+    if earning and t > cooldown_start(total) and mu <= 1.0:
+        # the step has stopped growing: it is the stable step, and the decay begins here (a step the secant still
+        # grows, or one the progress ceiling holds below what the secant asks, is not trained yet)
+        c["cooldown_begun"] = t - 1
+        anneal = cooldown_factor(t, total, t - 1)
 
     if has_loss and g0["loss_spike_threshold"] is not None:
         d, updates = loss_guard(d, loss, c, t, warmup=warmup, threshold=g0["loss_spike_threshold"])
