@@ -138,3 +138,6 @@ def test_cooldown_decays_linearly_to_zero_over_the_last_fifth_of_a_known_horizon
     factors = [ctl.cooldown_factor(t, 1000) for t in range(1, 1001)]
     assert factors[799] == 1.0 and factors[800] < 1.0 and factors[-1] == pytest.approx(1 / 201)
     assert all(a >= b for a, b in zip(factors, factors[1:]))
+    # a decay that began later (earned_cooldown) runs from its own start to the same end
+    assert ctl.cooldown_start(10) == 8 and ctl.cooldown_start(1000) == 800
+    assert [ctl.cooldown_factor(t, 10, start=9) for t in (9, 10)] == [1.0, pytest.approx(1 / 2)]

@@ -669,6 +669,39 @@ def test_total_steps_decays_the_applied_step_and_holds_the_controllers():
     assert lrs[40:] == pytest.approx([scales[39] * (50 + 1 - t) / 11 for t in range(41, 51)])
 
 
+def _regression_run(earned: bool, steps: int = 200, linear: bool = False):
+    """A noisy linear regression (or a linear loss, which the secant reads as a step that is always too short)."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = x @ torch.randn(10, 1)
+    model = nn.Linear(10, 1)
+    opt = build_variant(model.parameters(), total_steps=steps, earned_cooldown=earned, foreach=False)
+    lrs = []
+    for _ in range(steps):
+        batch = torch.randint(0, 256, (32,))
+        out = model(x[batch])
+        loss = out.mean() if linear else ((out - y[batch]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # no loss: the plain path, whose step grows past its start only on linear readings
+        lrs.append(opt.diagnostics()["effective_lr"])
+    return opt, lrs
+
+
+def test_earned_cooldown_begins_once_the_step_stops_growing():
+    planned, earned = _regression_run(False), _regression_run(True)
+    begun = earned[0].param_groups[0]["cooldown_begun"]
+    assert begun is not None and 160 <= begun < 200  # at or after the planned start (step 160 of 200)
+    assert earned[1][-1] < 0.05 * earned[1][begun - 1]  # decayed to near 0 by the end
+    assert earned[1][:160] == planned[1][:160]  # the same run until the planned start
+
+
+def test_earned_cooldown_does_not_decay_a_step_the_secant_still_grows():
+    opt, lrs = _regression_run(True, linear=True)
+    assert opt.param_groups[0]["cooldown_begun"] is None  # a linear loss reads as a short step at every step
+    assert lrs[-1] >= lrs[159]
+
+
 def test_total_steps_is_validated():
     with pytest.raises(ValueError, match="Invalid total_steps value: 0"):
         AdaOpt(_toy_model().parameters(), total_steps=0)
