@@ -20,8 +20,8 @@ WARN = (
 MESSAGE = (
     "lr_scheduler_type='cosine': the Trainer builds this schedule and multiplies AdaOpt's adapted step by it. "
     "AdaOpt reads group['lr'] as a multiplier of the step it adapts, so a schedule scales that step: "
-    "lr_scheduler_type='constant' without warmup is the recommended setting (for a decay at the end, "
-    "AdaOptCallback(horizon=True) hands AdaOpt the Trainer's max_steps)."
+    "lr_scheduler_type='constant' without warmup is the recommended setting ("
+    "AdaOptCallback hands AdaOpt the Trainer's max_steps for a decay at the end)."
 )
 
 

@@ -656,7 +656,8 @@ def test_with_adaptation_switched_off_adaopt_is_adamw_step_for_step(foreach, wei
 def test_total_steps_decays_the_applied_step_and_holds_the_controllers():
     model = _toy_model()
     x, y = _toy_data()
-    opt = AdaOpt(model.parameters(), total_steps=50, foreach=False)
+    # the planned cooldown (the default's earned one begins at the same step or later: tested below)
+    opt = build_variant(model.parameters(), total_steps=50, foreach=False, earned_cooldown=False)
     lrs, scales = [], []
     for _ in range(50):
         loss = nn.functional.cross_entropy(model(x), y)

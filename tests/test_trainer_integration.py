@@ -203,8 +203,8 @@ def test_gradient_accumulation_feeds_window_mean_and_converges(tmp_path):
 
 # ------------------------------------------------------------------------------- schedule overrides: one warning
 RECOMMENDATION = ("AdaOpt reads group['lr'] as a multiplier of the step it adapts, so a schedule scales that step: "
-                  "lr_scheduler_type='constant' without warmup is the recommended setting (for a decay at the end, "
-                  "AdaOptCallback(horizon=True) hands AdaOpt the Trainer's max_steps).")
+                  "lr_scheduler_type='constant' without warmup is the recommended setting ("
+                  "AdaOptCallback hands AdaOpt the Trainer's max_steps for a decay at the end).")
 
 
 def _schedule_warnings(caplog):

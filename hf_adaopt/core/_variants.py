@@ -33,7 +33,7 @@ SETTINGS: dict[str, Any] = {
     "capped_growth": True,  # the secant grows d at most window_growth per 1 / (1 - beta1) steps (v8)
     "ceiling_yields": True,  # the progress ceiling lets the step grow while the secant reads linear, r >= 1/2 (v9d)
     "assumed_loss": 1.0,  # no loss given: Polyak's start and the ceiling read this one; None: 1% of the RMS (v10)
-    "earned_cooldown": False,  # the horizon's decay begins at the first step past its start that the secant does not grow
+    "earned_cooldown": True,  # the horizon's decay begins at the first step past its start that the secant does not grow
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -115,6 +115,8 @@ VARIANTS: dict[str, dict | None] = {
     "v9f": None,
     "v9g": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, secant_target=0.0),
     "v10": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0),
+    # v11: the start read before clipping (CODE_CHANGES), and the horizon's decay earned (model_cards/results/ablation/v11)
+    "v11": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0, earned_cooldown=True),
 }
 GONE = {
     **{v: "the independent secant, commit cf8e368" for v in ("v4a", "v4b", "v4c")},
@@ -127,6 +129,8 @@ CODE_CHANGES = (
     ("v7b", "the lagged reading (summed in the last update): rows before v7b read this step's gradient"),
     ("v9c", "each tensor's signal share and the secant's gradient norm counted in proportion to its group's lr "
             "ratio: rows before v9c counted every tensor by its size alone (one group: the same numbers)"),
+    ("v11", "Polyak's start reads the first gradient before clipping: rows before v11 read it after clipping (a run "
+            "whose first gradient was not clipped: the same numbers)"),
 )
 
 

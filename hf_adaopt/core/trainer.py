@@ -90,7 +90,7 @@ def warn_schedule(args: TrainingArguments, what_happens: str) -> str | None:
     message = (
         f"{', '.join(settings)}: {what_happens}. AdaOpt reads group['lr'] as a multiplier of the step it adapts, "
         "so a schedule scales that step: lr_scheduler_type='constant' without warmup is the recommended setting "
-        "(for a decay at the end, AdaOptCallback(horizon=True) hands AdaOpt the Trainer's max_steps)."
+        "(AdaOptCallback hands AdaOpt the Trainer's max_steps for a decay at the end)."
     )
     logger.warning(message)
     return message
