@@ -133,8 +133,8 @@ WORKLOADS = {
         ),
         Workload(
             "charlm-noclip", "charlm", ("--max_steps", "250", *CHARLM_ARGS, "--max_grad_norm", "0"),
-            "bpc", "charlm without the Trainer's clipping: clipping as an axis (it moves AdaOpt's first step, fed the "
-            "loss, 7x)",
+            "bpc", "charlm without the Trainer's clipping: clipping as an axis (read after clipping, AdaOpt's start "
+            "moved 6x; v11 reads the gradient before it)",
             "CPython's reference prose (pydoc_data/topics.py, PSF-2.0), 418k / 47k characters",
             "GPT-2-style pre-LN decoder, 4 layers, d_model 128, byte-level (0.8M params)",
             cells=_focused_cells((3.16e-4, 1e-3, 3.16e-3)),
