@@ -23,3 +23,16 @@ def test_the_committed_long_run_table_is_a_fresh_render_of_its_runs():
     with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
         assert f.read() == module.render()
     assert "| `adamw-cos` |" in module.render() and "+0.0%" in module.render()
+
+
+def test_the_committed_v11_table_is_a_fresh_render_of_its_runs():
+    script = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "ablation_v11_table.py")
+    spec = importlib.util.spec_from_file_location("ablation_v11_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
+        assert f.read() == module.render()
+    rows = {line.split(" | ")[0].strip("| "): line for line in module.decay_table()[2:]}
+    assert set(rows) == {f"{w} ({'bpc' if w.startswith('charlm') else 'acc %'})" for w in module.WORKLOADS}
+    # the earned decay never began on the 40-step fine-tunes: their runs are the runs without a horizon
+    assert "(+0.00)" in rows["finetune-frozen (acc %)"] and "| charlm-long (bpc) |" in rows["charlm-long (bpc)"] + " |"

@@ -47,15 +47,25 @@ def render() -> str:
 
 
 HORIZON_DIR = os.path.join(HERE, "d64-horizon")
+NO_HORIZON = os.path.join(HERE, "..", "ablation", "v11", "nohz", "results.jsonl")
 SUITE_RESULTS = os.path.join(HERE, "..", "suite", "results.json")
 
 
+def _bpc(runs: list[dict], row_name: str) -> list[float]:
+    return [r["eval"]["eval_loss"] / math.log(2) for r in sorted(runs, key=lambda r: r["seed"])
+            if r["optimizer"] == row_name and r.get("workload", "charlm-long") == "charlm-long"]
+
+
+def _runs(path: str) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
 def horizon_section() -> list[str]:
-    """AdaOpt with the horizon (total_steps=3000: the last 20% decay) on suite v2's charlm-long, 2 seeds, beside the
-    suite's cells of the same workload (its defaults: no horizon) and its AdamW rows' best cells."""
-    if not os.path.isdir(HORIZON_DIR):
+    """Suite v2's charlm-long, 2 seeds: the suite's AdaOpt cells (since v11 the run's length reaches AdaOpt and it
+    earns its decay), the same without a horizon (ablation v11's no-horizon runs), and the suite's AdamW rows' best
+    cells and Schedule-Free; then the same with the horizon at earlier versions."""
+    if not os.path.isfile(NO_HORIZON):
         return []
-    runs = [json.loads(line) for line in open(os.path.join(HORIZON_DIR, "results.jsonl"), encoding="utf-8")]
     suite = json.load(open(SUITE_RESULTS, encoding="utf-8"))["workloads"]["charlm-long"]
     best = suite["best_adamw"]["mean"]
 
@@ -65,31 +75,30 @@ def horizon_section() -> list[str]:
                 + f" | {100 * (best - mean) / best:+.1f}% |")
 
     lines = ["## The horizon on suite v2's long run (d_model 64)", "",
-             "The same two AdaOpt rows as the suite's `charlm-long` cells, given `--optimizer_kwargs '{\"total_steps\": "
-             "3000}'` (`d64-horizon/suite_config.json` has the command; `results.jsonl` the runs, seeds 0 and 1), against "
-             "the suite's cells of that workload (`../suite/results.json`, no horizon: the defaults). Gaps to the best "
-             "AdamW there, negative is worse.", "",
+             "The suite's `charlm-long` cells (`../suite/results.json`, seeds 0 and 1): since v11 the run's length "
+             "reaches both AdaOpt rows (the callback hands over the Trainer's `max_steps`; a plain loop passes "
+             "`total_steps`) and AdaOpt decays its step over the last 20%, from the first step there that its secant "
+             "no longer grows. Beside them the same rows without a horizon (`../ablation/v11/nohz/`, `total_steps` "
+             "beyond the run). Gaps to the best AdamW there, negative is worse.", "",
              "| run | mean bpc | per seed | vs the best AdamW |", "|---|---|---|---|"]
-    def bpc(runs: list[dict], row_name: str) -> list[float]:
-        return [r["eval"]["eval_loss"] / math.log(2) for r in sorted(runs, key=lambda r: r["seed"])
-                if r["optimizer"] == row_name]
-
+    no_horizon = _runs(NO_HORIZON)
     for row_name, label in (("adaopt", "fed the loss"), ("adaopt-plain", "plain")):
-        values = bpc(runs, row_name)
         cell = next(c for c in suite["cells"] if c["optimizer"] == row_name)
-        lines += [row(f"AdaOpt {label}, total_steps=3000", values),
-                  row(f"AdaOpt {label}, no horizon (suite)", cell["values"])]
+        lines += [row(f"AdaOpt {label}, the default: the earned decay (suite)", cell["values"]),
+                  row(f"AdaOpt {label}, no horizon", _bpc(no_horizon, row_name))]
     for opt, label in (("adamw", "AdamW constant, its best lr"), ("adamw-cosine", "AdamW warmup + cosine, its best lr"),
                        ("schedulefree", "Schedule-Free AdamW at its default")):
         cells = [c for c in suite["cells"] if c["optimizer"] == opt]
         cell = min(cells, key=lambda c: c["mean"])
         lines.append(row(f"{label} ({cell['lr']:g}, suite)", cell["values"]))
-    earlier = os.path.join(HERE, "d64-horizon-v8f", "results.jsonl")
-    if os.path.isfile(earlier):  # the same runs at the controller the suite ran before v9 (v8f)
-        old = [json.loads(line) for line in open(earlier, encoding="utf-8")]
-        means = {row_name: statistics.fmean(bpc(old, row_name)) for row_name in ("adaopt", "adaopt-plain")}
-        lines += ["", f"The same runs at v8f, the controller before v9 (`d64-horizon-v8f/`): fed {means['adaopt']:.3f}, "
-                  f"plain {means['adaopt-plain']:.3f} bpc."]
+    earlier = [(name, os.path.join(HERE, directory, "results.jsonl")) for name, directory in
+               (("v10", "d64-horizon"), ("v8f", "d64-horizon-v8f"))]
+    parts = [f"{name} fed {statistics.fmean(_bpc(_runs(path), 'adaopt')):.3f}, plain "
+             f"{statistics.fmean(_bpc(_runs(path), 'adaopt-plain')):.3f}" for name, path in earlier if os.path.isfile(path)]
+    if parts:
+        lines += ["", "With `total_steps=3000` and the planned decay (the last 20%, from wherever the step was) at earlier "
+                  "versions, whose start read the gradient after clipping (`d64-horizon/`, `d64-horizon-v8f/`): "
+                  + "; ".join(parts) + " bpc."]
     return [*lines, ""]
 
 
