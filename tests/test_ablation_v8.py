@@ -34,5 +34,8 @@ def test_the_committed_v11_table_is_a_fresh_render_of_its_runs():
         assert f.read() == module.render()
     rows = {line.split(" | ")[0].strip("| "): line for line in module.decay_table()[2:]}
     assert set(rows) == {f"{w} ({'bpc' if w.startswith('charlm') else 'acc %'})" for w in module.WORKLOADS}
-    # the earned decay never began on the 40-step fine-tunes: their runs are the runs without a horizon
-    assert "(+0.00)" in rows["finetune-frozen (acc %)"] and "| charlm-long (bpc) |" in rows["charlm-long (bpc)"] + " |"
+    # columns: workload, AdamW, fed none / planned / earned, plain none / planned / earned, the earned decay's steps
+    frozen, long = rows["finetune-frozen (acc %)"].split(" | "), rows["charlm-long (bpc)"].split(" | ")
+    # the planned decay cost the frozen head; the earned one never began there: the runs without a horizon
+    assert "(-" in frozen[3] and "(-" in frozen[6] and frozen[4].endswith("(+0.00)") and frozen[7].endswith("(+0.00)")
+    assert long[4].startswith("1.85") and "(+" in long[4] and "(+" in long[7]  # the long run gains on both paths

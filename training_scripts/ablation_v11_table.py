@@ -106,6 +106,43 @@ def secant_table() -> list[str]:
     return lines
 
 
+def flat_ceiling_row() -> list[str]:
+    """v12a, not adopted: the fed path's progress ceiling held at its start (as the plain path's is), against v11's
+    seed-0 runs (`earned/`)."""
+    probe, base = _load("flat-ceiling"), _load("earned")
+    lines = ["| run | " + " | ".join(WORKLOADS[i] for i in range(len(WORKLOADS)) if WORKLOADS[i] != "charlm-long")
+             + " |", "|---|" + "---|" * (len(WORKLOADS) - 1)]
+    for name, runs in (("v12a (fed)", probe), ("v11 (fed)", base)):
+        by = {r["workload"]: r for r in runs if r["optimizer"] == "adaopt" and r["seed"] == 0}
+        lines.append(f"| {name} | " + " | ".join(
+            (f"{_value(by[w]):.3f}" if w.startswith("charlm") else f"{_value(by[w]):.2f}")
+            + f" ({by[w]['effective_lr']['start']:.1e} → {by[w]['effective_lr']['max']:.1e})"
+            for w in WORKLOADS if w != "charlm-long") + " |")
+    return lines
+
+
+def environment_note() -> str:
+    """The suite's v10 cells of the CNN came from another session's environment: v10's code, rerun here on seed 0
+    (`env-mnist/`), gives what v11 gives here (`nohz/`, where the CNN's first gradient is not clipped)."""
+    v10, v11 = _load("env-mnist"), _load("nohz")
+    with open(os.path.join(HERE, "suite_v10.json"), encoding="utf-8") as f:
+        suite = {c["optimizer"]: c for c in json.load(f)["workloads"]["mnist-cnn"]["cells"] if c["lr"] == 0.1}
+
+    def seed0(runs: list[dict], row: str) -> str:
+        return f"{next(_value(r) for r in runs if r['workload'] == 'mnist-cnn' and r['optimizer'] == row and r['seed'] == 0):.2f}"
+
+    def cell(row: str) -> str:
+        c = suite[row]
+        return f"{c['values'][c['seeds'].index(0)]:.2f} (mean {c['mean']:.2f})"
+
+    return ("The CNN and the BiLSTM do not reproduce the suite's v10 cells (`suite_v10.json`) in this environment "
+            f"(the BiLSTM: `../v8/v9/env-bilstm`). The CNN, seed 0: the suite's v10 cells fed {cell('adaopt')}, plain "
+            f"{cell('adaopt-plain')}; v10's code (977a8fe) rerun here (`env-mnist/`) fed {seed0(v10, 'adaopt')}, plain "
+            f"{seed0(v10, 'adaopt-plain')}; v11 without a horizon fed {seed0(v11, 'adaopt')}, plain "
+            f"{seed0(v11, 'adaopt-plain')}. So the CNN's move from the suite's v10 cells to v11's is the environment's, "
+            "not the code's: its first gradient is not clipped, and there v11's start is v10's bit for bit.")
+
+
 def render() -> str:
     what = "; ".join(f"`{d}/`: {text}" for d, text in RUNS)
     lines = [
@@ -123,14 +160,22 @@ def render() -> str:
         "the change from no horizon (points; for bpc, % with positive better). The last column: the step (effective "
         "lr) at 80% of the run and at its end under the earned decay, per seed: where they are the same, the step was "
         "still growing and no decay began.", "",
-        *decay_table(), "",
+        *decay_table(), "", environment_note(), "",
         "## The secant's readings on the 40-step fine-tunes (not pursued)", "",
         "Could a reading corrected for minibatch noise tell a short step from a curved landscape? Noise pulls r = b/a "
         "towards 0 even on a linear loss; at the measured signal share a linear loss would read about 0.5-0.6 "
         "(`secant_noise.json`, seed 0, steps 13-40, v10). Over that, the full fine-tune (whose step must not grow: v9a) "
         "reads 0.66-0.69 and the frozen head (whose step is 6x short) 0.62-0.63: the correction does not tell them "
         "apart, so no threshold on it was tried.", "",
-        *secant_table(),
+        *secant_table(), "",
+        "## The fed path's ceiling held at its start (v12a, not adopted)", "",
+        "One controller on both paths could also mean the fed path's progress ceiling staying at its start, as the "
+        "plain path's does, so that its step grows past Polyak's start only on linear readings "
+        "(`flat-ceiling/`: `progress_power` 1e-6, seed 0, fed, with the earned decay; beside it v11's seed 0). Each "
+        "cell: the value, then the step at the start and its maximum. LoRA gained 2.3 points and the BiLSTM 2.7, but "
+        "the CNN's step stayed 6x smaller (-1.7 points), the full fine-tune lost 1.25 and the discriminative one 1.0: "
+        "the fall of the loss is what earns those steps.", "",
+        *flat_ceiling_row(),
     ]
     return "\n".join(lines) + "\n"
 
