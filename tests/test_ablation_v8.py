@@ -3,33 +3,31 @@
 import importlib.util
 import os
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "ablation_v8_table.py")
+def _script(name: str):
+    """A table script of training_scripts/, loaded as a module."""
+    path = os.path.join(os.path.dirname(__file__), "..", "training_scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_committed_v8_table_is_a_fresh_render_of_its_runs():
-    spec = importlib.util.spec_from_file_location("ablation_v8_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("ablation_v8_table")
     with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
         assert f.read() == module.render()
     assert "| v8f | v7b capped at 4x, no horizon: the new default | plain | 95.56" in module.render()
 
 
 def test_the_committed_long_run_table_is_a_fresh_render_of_its_runs():
-    script = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "long_run_table.py")
-    spec = importlib.util.spec_from_file_location("long_run_table", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("long_run_table")
     with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
         assert f.read() == module.render()
     assert "| `adamw-cos` |" in module.render() and "+0.0%" in module.render()
 
 
 def test_the_committed_v11_table_is_a_fresh_render_of_its_runs():
-    script = os.path.join(os.path.dirname(__file__), "..", "training_scripts", "ablation_v11_table.py")
-    spec = importlib.util.spec_from_file_location("ablation_v11_table", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("ablation_v11_table")
     with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
         assert f.read() == module.render()
     rows = {line.split(" | ")[0].strip("| "): line for line in module.decay_table()[2:]}

@@ -89,8 +89,8 @@ non-finite elements as they were, takes the rest of the step, and counts it at t
   is earned: it begins at the first step in that last 20% at which the secant does not grow the step, and runs to
   the same end. A step still growing (or held by the progress ceiling below what the secant asks) is not trained
   yet: on the 40-step fine-tunes the planned decay cost up to 7 points, and the earned one never began there,
-  while on the 3,000-step LM it took both paths from 7% behind AdamW with a tuned lr and cosine to within 1%
-  (ablation v11).
+  while on the 3,000-step LM it took the paths from 3.8% (fed) and 7.1% (plain) behind AdamW with a tuned lr and
+  cosine to within 1% (ablation v11).
 
 Where it applies: where Adam(W) does. Where not: the first ``warmup_steps`` run at the initial scale while the
 EMAs fill; the secant needs gradients that carry information from one step to the next; Polyak's start and the
