@@ -143,6 +143,23 @@ def environment_note() -> str:
             "not the code's: its first gradient is not clipped, and there v11's start is v10's bit for bit.")
 
 
+def ci_lm_table() -> list[str]:
+    """The CI's small LM over seeds (ci_lm_seeds.json, training_scripts/probe_ci_lm.py)."""
+    with open(os.path.join(HERE, "ci_lm_seeds.json"), encoding="utf-8") as f:
+        runs = json.load(f)["runs"]
+    seeds = sorted({r["seed"] for r in runs})
+    rows = [("adaopt", None, "AdaOpt (v11: the start read before clipping)"),
+            ("adaopt-after-clipping", None, "AdaOpt, the start read after clipping (as before v11)"),
+            *(("adamw", lr, f"AdamW {lr:g}") for lr in (1e-3, 3e-3, 1e-2))]
+    lines = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]
+    for name, lr, label in rows:
+        mine = sorted((r for r in runs if r["optimizer"] == name and r["lr"] == lr), key=lambda r: r["seed"])
+        cells = [f"{r['bpc']:.3f}" + (f" ({r['effective_lr']['1']:.1e} → {r['effective_lr']['40']:.1e} → "
+                                      f"{r['effective_lr']['150']:.1e})" if "effective_lr" in r else "") for r in mine]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(r['bpc'] for r in mine) / len(mine):.3f} |")
+    return lines
+
+
 def render() -> str:
     what = "; ".join(f"`{d}/`: {text}" for d, text in RUNS)
     lines = [
@@ -175,7 +192,16 @@ def render() -> str:
         "cell: the value, then the step at the start and its maximum. LoRA gained 2.3 points and the BiLSTM 2.7, but "
         "the CNN's step stayed 6x smaller (-1.7 points), the full fine-tune lost 1.25 and the discriminative one 1.0: "
         "the fall of the loss is what earns those steps.", "",
-        *flat_ceiling_row(),
+        *flat_ceiling_row(), "",
+        "## The CI's small LM (a cost of the start read before clipping)", "",
+        "`tests/test_lr_robustness.py`'s LM (GPT-2, 2 layers, d_model 64, 150 steps, clipping 1.0, fed, no horizon) "
+        "over seeds 0-3 (`ci_lm_seeds.json`, `training_scripts/probe_ci_lm.py`): bpc, and AdaOpt's step at steps 1, 40 "
+        "and 150. The LM has two outcomes: a step that settles at about 7e-3 ends near 3.8 bpc (AdamW at 3e-3 and "
+        "1e-2 end there too on some seeds). From the smaller, clipping-invariant start AdaOpt's growth runs longer "
+        "and overshoots to that step on 2 seeds of 4; from the start read after clipping, on 1. The test's 2% claim "
+        "(seed 0) is a strict xfail since v11; the suite's LMs, longer and wider, lost nothing (the clipped charlm "
+        "2.951 -> 2.949 without a horizon).", "",
+        *ci_lm_table(),
     ]
     return "\n".join(lines) + "\n"
 
