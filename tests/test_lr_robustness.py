@@ -85,8 +85,9 @@ LM_BLOCK, LM_BATCH, LM_STEPS = 32, 16, 150
 LM_TOLERANCE = 0.02  # relative bits per character
 
 
-@pytest.fixture(scope="module")
-def prose():
+def prose_split():
+    """CPython's prose as bytes: the first 90% to train on, the rest to evaluate (training_scripts/probe_ci_lm.py
+    runs the same LM over seeds)."""
     import numpy as np
 
     from hf_adaopt.lab.tasks.offline_data import pydoc_text
@@ -94,6 +95,11 @@ def prose():
     data = torch.tensor(np.frombuffer(pydoc_text().encode(), dtype=np.uint8).astype(np.int64))
     cut = int(len(data) * 0.9)
     return data[:cut], data[cut:]
+
+
+@pytest.fixture(scope="module")
+def prose():
+    return prose_split()
 
 
 def _lm_batches(src, n, seed):
