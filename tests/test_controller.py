@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from hf_adaopt import AdaOpt
 from hf_adaopt.core import controller as ctl
 from hf_adaopt.core._variants import SETTINGS
 from hf_adaopt.core.controller import CONTROLLER_DEFAULTS
@@ -54,17 +56,18 @@ def test_signal_shares_read_signal_and_noise_from_the_two_emas():
     # one step k=20 past warmup, beta1 0.9: a pure-signal tensor (v_hat == m_hat^2) and a pure-noise one (m ~ 0)
     b1, b2, k = 0.9, 0.999, 20
     bc1, bc2 = 1 - b1**k, 1 - b2**k
-    phis, share, momentum_share = ctl.signal_shares(
+    phis, share, momentum_share, raw_share = ctl.signal_shares(
         [k, k], [(b1, b2), (b1, b2)], [10, 30], m_sq=[bc1**2, 0.0], v_sum=[bc2, bc2], warmup=10,
         floors=[0.1, 0.1], powers=[1.0, 1.0])
     assert share == pytest.approx((10 * 1.0 + 30 * 0.1) / 40)
     assert momentum_share == pytest.approx((10 * 1.0 + 30 * 0.1) / 40)
+    assert raw_share == pytest.approx(10 * 1.0 / 40)  # the noise model reads the share without the floor
     # the gate moves the step towards the signal at a constant numel-weighted mean
     assert phis[0] > 1.0 > phis[1] and (10 * phis[0] + 30 * phis[1]) / 40 == pytest.approx(1.0)
 
 
 def test_signal_shares_keep_the_gate_open_during_warmup():
-    phis, share, _ = ctl.signal_shares([3], [(0.9, 0.999)], [5], [0.0], [1.0], warmup=10, floors=[0.1], powers=[0.5])
+    phis, share, _, _ = ctl.signal_shares([3], [(0.9, 0.999)], [5], [0.0], [1.0], warmup=10, floors=[0.1], powers=[0.5])
     assert phis == [1.0] and share == 1.0
 
 
@@ -141,3 +144,96 @@ def test_cooldown_decays_linearly_to_zero_over_the_last_fifth_of_a_known_horizon
     # a decay that began later (earned_cooldown) runs from its own start to the same end
     assert ctl.cooldown_start(10) == 8 and ctl.cooldown_start(1000) == 800
     assert [ctl.cooldown_factor(t, 10, start=9) for t in (9, 10)] == [1.0, pytest.approx(1 / 2)]
+
+
+def test_noise_linear_reading_allows_for_the_noise_that_pulls_r_down():
+    # w = (1 - 0.9) / (1 - 0.9**20) = 0.1139: a linear loss at signal share 0.03 reads r = 0.03 / (0.03 + w 0.97) = 0.21
+    linear = ctl.linear_secant(0.03, 20, 0.9)
+    assert linear == pytest.approx(0.03 / (0.03 + 0.1 / (1 - 0.9**20) * 0.97))
+    assert ctl.noise_linear_reading(0.9 * linear + 1e-9, 1.0, linear)  # a new head's reading: linear
+    assert not ctl.noise_linear_reading(0.85 * linear, 1.0, linear)
+    # a full fine-tune's: signal share 0.11, r 0.4, 0.76 of the 0.53 a linear loss would read there
+    assert not ctl.noise_linear_reading(0.4, 1.0, ctl.linear_secant(0.11, 20, 0.9))
+    # at a signal share of 0.005 a linear loss would read r 0.04: the reading is noise, and is not trusted
+    assert not ctl.noise_linear_reading(0.45, 1.0, ctl.linear_secant(0.005, 20, 0.9))
+    # no signal share, or no reading before the step: nothing to read
+    assert ctl.linear_secant(0.0, 20, 0.9) == 0.0 and not ctl.noise_linear_reading(0.45, 1.0, 0.0)
+    assert not ctl.noise_linear_reading(0.45, 0.0, linear)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.1, 0.02])
+def test_a_noisy_linear_loss_reads_the_r_of_the_noise_model(rho):
+    """On a linear loss (no curvature: a perfect reading is r = 1) with gradient noise at signal share rho, the
+    secant reads r = rho / (rho + w (1 - rho)), w = 0.1 the last gradient's weight in Adam's momentum: the model
+    ``noise_linear_reading`` divides out."""
+    torch.manual_seed(0)
+    n = 4096
+    signal = torch.full((n,), 0.01)
+    sigma = math.sqrt(float(signal.pow(2).sum()) * (1.0 - rho) / rho / n)
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = AdaOpt([p])
+    readings = []
+    for t in range(150):
+        p.grad = signal + sigma * torch.randn(n)
+        opt.step()
+        group = opt.param_groups[0]
+        if t >= 30:
+            readings.append(group["secant_after"] / group["secant_before"])
+    assert sum(readings) / len(readings) == pytest.approx(rho / (rho + 0.1 * (1.0 - rho)), abs=0.02)
+
+
+def test_noise_scaled_start_credits_a_noisy_first_gradient_with_the_floors_share():
+    def factor(share, r, linear=None):
+        return ctl.noise_scaled_start(share, 0.1, r, 1.0, ctl.linear_secant(share, 10, 0.9) if linear is None
+                                      else linear)
+
+    assert factor(0.1, 0.5) == 1.0 and factor(0.6, 0.5) == 1.0  # at or above the floor: as it was
+    linear = ctl.linear_secant(0.025, 10, 0.9)
+    assert factor(0.025, linear) == pytest.approx(4.0)  # a new head over a frozen body, reading linear: floor / share
+    assert factor(0.005, 0.9, linear=0.2) == pytest.approx(10.0)  # at most 1 / floor
+    # only as far as the secant reads room: half-way to linear leaves room for 2x, a step past the greedy one none
+    assert factor(0.025, 0.5 * linear) == pytest.approx(2.0)
+    assert factor(0.025, -0.1) == 1.0
+    # a reading that is mostly noise (a linear loss would read under 0.1 there) scales nothing
+    assert factor(0.005, 0.9) == 1.0
+
+
+def test_the_expected_decrease_of_a_sign_step_is_about_the_signal_share():
+    """What noise_scaled_start rests on: for a gradient at signal share rho, the first-order decrease of the expected
+    loss along sign(g) is about rho times the minibatch's own, sum |g|."""
+    torch.manual_seed(0)
+    n = 100_000
+    for rho in (0.03, 0.1, 0.2):
+        signal = torch.ones(n)
+        g = signal + math.sqrt(1.0 / rho - 1.0) * torch.randn(n)
+        assert float((signal * g.sign()).sum() / g.abs().sum()) == pytest.approx(rho, rel=0.1)
+
+
+@pytest.mark.parametrize("rho,scaled", [(0.03, True), (0.5, False)])
+def test_polyaks_start_is_scaled_when_the_first_signal_share_is_below_the_floor(rho, scaled):
+    """At the step after warmup the controller first reads the signal share: a gradient at 0.03 (under the floor,
+    0.1) has its start scaled up by about floor / share; at 0.5 nothing changes."""
+    from hf_adaopt.core._variants import build
+
+    torch.manual_seed(0)
+    n = 4096
+    signal = torch.full((n,), 0.01)
+    sigma = math.sqrt(float(signal.pow(2).sum()) * (1.0 - rho) / rho / n)
+    grads = [signal + sigma * torch.randn(n) for _ in range(11)]
+    runs = {}
+    for on in (True, False):
+        p = torch.nn.Parameter(torch.zeros(n))
+        opt = build([p], noise_scaled_start=on)
+        for g in grads:
+            p.grad = g.clone()
+            opt.set_loss(1.0)
+            opt.step()
+        runs[on] = opt.param_groups[0]
+    factor = runs[True]["base_scale"] / runs[False]["base_scale"]
+    # the progress ceiling still counts the loss's fall from the start as measured; the scaled start is its floor
+    assert runs[True]["scale_start"] == runs[False]["scale_start"]
+    if scaled:
+        assert 2.0 < factor <= 10.0
+        assert runs[True]["start_floor"] == runs[True]["base_scale"]
+    else:
+        assert factor == 1.0 and runs[True]["start_floor"] is None

@@ -438,6 +438,28 @@ def test_the_ceiling_yields_to_a_linear_reading_and_holds_on_noise():
     assert held["scale_start"] == starts[id(noise)]
 
 
+@pytest.mark.parametrize("corrected", [True, False])
+def test_the_ceiling_yields_to_a_reading_linear_within_its_noise(corrected):
+    """noise_corrected_yield (v12b, off by default): a linear loss whose gradient is 97% noise, as a new head's over a
+    frozen body, reads r ~ 0.24, under the 1/2 of the plain test; allowed for that noise, the reading is linear, and
+    without a loss (plain) the step grows past its start. Without the correction it is held there."""
+    torch.manual_seed(0)
+    n, rho = 1024, 0.03
+    signal = torch.full((n,), 0.01)
+    sigma = math.sqrt(float(signal.pow(2).sum()) * (1.0 - rho) / rho / n)
+    p = nn.Parameter(torch.zeros(n))
+    opt = build_variant([p], noise_corrected_yield=corrected, noise_scaled_start=False)  # the yield alone
+    scales = []
+    for _ in range(100):
+        p.grad = signal + sigma * torch.randn(n)
+        opt.step()
+        scales.append(opt.param_groups[0]["base_scale"])
+    if corrected:
+        assert scales[-1] > 4 * scales[0]
+    else:
+        assert max(scales) <= scales[0] * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("fall", [1.0, 4.0])
 def test_the_step_grows_past_its_start_only_as_far_as_the_loss_has_fallen(fall):
     """progress_power 1 without ceiling_yields: however hard the secant pushes, d <= d0 * first loss / recent loss
@@ -746,3 +768,25 @@ def test_a_group_at_a_tenth_of_the_lr_counts_a_tenth_in_polyaks_start():
     opt.set_loss(loss)
     opt.step()
     assert opt.diagnostics()["base_scale"] == pytest.approx(0.03 * loss.item() / l1.item(), rel=1e-5)
+
+
+def test_the_progress_ceiling_never_holds_the_step_under_its_noise_scaled_start():
+    """noise_scaled_start (v12): a flat loss earns no growth, and a noisy gradient's start is scaled up at the end of
+    warmup; the ceiling, still counted from the start as measured, then holds the step at the scaled start rather
+    than pulling it back to the measured one."""
+    torch.manual_seed(0)
+    n, rho = 1024, 0.03
+    signal = torch.full((n,), 0.01)
+    sigma = math.sqrt(float(signal.pow(2).sum()) * (1.0 - rho) / rho / n)
+    p = nn.Parameter(torch.zeros(n))
+    opt = build_variant([p], noise_corrected_yield=False)
+    scales = []
+    for _ in range(40):
+        p.grad = signal + sigma * torch.randn(n)
+        opt.set_loss(1.0)  # flat
+        opt.step()
+        scales.append(opt.param_groups[0]["base_scale"])
+    floor = opt.param_groups[0]["start_floor"]
+    assert floor is not None and floor > 2 * scales[0]
+    assert scales[10] == floor  # scaled at step 11, the first past warmup
+    assert min(scales[10:]) >= floor * (1 - 1e-12)

@@ -34,6 +34,8 @@ SETTINGS: dict[str, Any] = {
     "ceiling_yields": True,  # the progress ceiling lets the step grow while the secant reads linear, r >= 1/2 (v9d)
     "assumed_loss": 1.0,  # no loss given: Polyak's start and the ceiling read this one; None: 1% of the RMS (v10)
     "earned_cooldown": True,  # the horizon's decay begins at the first step past its start that the secant does not grow
+    "noise_scaled_start": True,  # Polyak's start scaled by floor / signal share at its first reading, if below (v12)
+    "noise_corrected_yield": False,  # the ceiling also yields to a reading linear once its noise is allowed for (v12b)
 }
 # What a checkpoint saved before a setting existed ran with (AdaOpt.__setstate__).
 BEFORE_SETTING = {
@@ -41,12 +43,14 @@ BEFORE_SETTING = {
     "secant_target": 0.0, "trust_bounds": True, "symmetric_damping": False, "trusted_growth": False,
     "signal_scaled_target": False, "momentum_noise": False, "tracking": False,
     "window_growth": 2.0, "ramp": False, "earned_decay": False, "capped_growth": False,
-    "ceiling_yields": False, "assumed_loss": None, "earned_cooldown": False,
+    "ceiling_yields": False, "assumed_loss": None, "earned_cooldown": False, "noise_corrected_yield": False,
+    "noise_scaled_start": False,
 }
 
 _V1 = {"adapt_rate": 0.1, "initial_scale": None, "initial_decrease": None, "progress_power": None,
        "secant_target": 0.0, "signal_scaled_target": False, "symmetric_damping": False, "trust_bounds": True,
-       "momentum_noise": False, "capped_growth": False, "ceiling_yields": False, "assumed_loss": None}
+       "momentum_noise": False, "capped_growth": False, "ceiling_yields": False, "assumed_loss": None,
+       "earned_cooldown": False, "noise_corrected_yield": False, "noise_scaled_start": False}
 
 
 def _on(base: dict, **change: Any) -> dict:
@@ -117,6 +121,11 @@ VARIANTS: dict[str, dict | None] = {
     "v10": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0),
     # v11: the start read before clipping (CODE_CHANGES), and the horizon's decay earned (model_cards/results/ablation/v11)
     "v11": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0, earned_cooldown=True),
+    # v12: the yield also reads the secant allowed for noise (model_cards/results/ablation/v12)
+    "v12": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0, earned_cooldown=True,
+               noise_scaled_start=True),
+    "v12b": _on(_V5E, capped_growth=True, window_growth=4.0, ceiling_yields=True, assumed_loss=1.0, earned_cooldown=True,
+                noise_corrected_yield=True),
 }
 GONE = {
     **{v: "the independent secant, commit cf8e368" for v in ("v4a", "v4b", "v4c")},

@@ -58,6 +58,15 @@ The step of every tensor :math:`i` is
   unclipped LM's), the loss alone held the step there (power 1.5 recovered more and lost LoRA, v5i); with the
   yield the CNN went 92.7 -> 95.8% and the clipped LM 3.02 -> 2.95 bpc (3 seeds), while on the fine-tunes,
   whose readings are not linear, the ceiling holds as before.
+* **Noise-scaled start** (``noise_scaled_start``, v12): Polyak's start counts the first minibatch's own decrease,
+  of which the expected loss sees about the signal share :math:`\rho` (for Gaussian noise
+  :math:`\sum G\,\operatorname{sign}(g) / \sum|g| \approx \rho`). At the end of warmup, when the share is first
+  read, a start whose gradient had less signal than the floor (``min_variance_factor``, 0.1) is scaled by
+  floor / :math:`\rho`, at most 1 / floor, and at most as far as the secant, allowed for its noise, reads room to the
+  greedy step (none where the step overshoots). The progress ceiling then never holds the step below the scaled
+  start, and still counts the loss's fall from the start as measured. A new head over a frozen body reads
+  :math:`\rho` 0.02-0.03 and starts 4x higher; from scratch and LoRA read 0.17 or more and are unchanged (ablation
+  v12).
 * Guards. A **loss guard** halves :math:`d` when the training loss -- given by ``set_loss`` (`AdaOptCallback`
   does it) or a closure -- jumps ``loss_spike_threshold`` standard deviations above its running mean, and from
   then on never lets :math:`d` grow past that halved value (as an lr range test keeps a fraction of the lr at
