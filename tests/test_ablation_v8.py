@@ -37,3 +37,15 @@ def test_the_committed_v11_table_is_a_fresh_render_of_its_runs():
     # the planned decay cost the frozen head; the earned one never began there: the runs without a horizon
     assert "(-" in frozen[3] and "(-" in frozen[6] and frozen[4].endswith("(+0.00)") and frozen[7].endswith("(+0.00)")
     assert long[4].startswith("1.85") and "(+" in long[4] and "(+" in long[7]  # the long run gains on both paths
+
+
+def test_the_committed_v12_table_is_a_fresh_render_of_its_runs():
+    module = _script("ablation_v12_table")
+    with open(os.path.join(module.HERE, "README.md"), encoding="utf-8") as f:
+        assert f.read() == module.render()
+    readings = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in module.readings_table()[2:]}
+    # the start is scaled where the first signal share is under the floor, the fine-tunes whose body moves or is
+    # frozen, and nowhere else
+    scaled = {name for name, cells in readings.items() if float(cells[4].strip(" |")) > 1.0}
+    assert scaled == {f"{w}/{p}" for w in ("finetune", "finetune-discr", "finetune-frozen") for p in ("fed", "plain")}
+    assert all(float(readings[f"finetune-frozen/{p}"][4].strip(" |")) > 3.0 for p in ("fed", "plain"))

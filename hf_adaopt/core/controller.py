@@ -89,6 +89,7 @@ CONTROLLER_DEFAULTS = {
     "ramp_done": False,  # tracking with ramp: the reading stopped being linear
     "cooldown_begun": None,  # earned_cooldown: the last step before the decay, once it has begun
     "start_floor": None,  # noise_scaled_start: the scaled start, under which the progress ceiling never holds d
+    "start_checked": False,  # noise_scaled_start: the start has been read against the signal share (once)
 }
 
 
@@ -348,7 +349,7 @@ def noise_linear_reading(secant_after: float, secant_before: float, linear: floa
 
 def noise_scaled_start(signal_share: float, floor: float, secant_after: float, secant_before: float,
                        linear: float) -> float:
-    """The factor on Polyak's start when the signal share is first read, at the end of warmup.
+    """The factor on Polyak's start at the first trusted reading of the signal share past warmup.
 
     The start made the first step's first-order decrease on its own minibatch c of the loss; of that, the expected
     loss sees the signal's part, about the signal share rho (sum G sign(g) / sum |g| = 0.030, 0.10, 0.21 at rho 0.03,
@@ -467,17 +468,25 @@ def plan_step(groups: list[dict], tensors: dict, values: list[float], *, has_los
                      sum(rows["after"]), sum(rows["before"]))
     read = ema["secant_after"] != c["secant_after"] or ema["secant_before"] != c["secant_before"]
     c.update(ema)
-    if (g0["noise_scaled_start"] and t == warmup + 1 and t > 1 and g0["initial_decrease"]
+    # the signal share is read once the EMAs hold the momentum's memory of gradients, 1 / (1 - beta1) (or warmup)
+    reading_from = max(warmup, round(1.0 / (1.0 - beta1)))
+    if (g0["noise_scaled_start"] and not c["start_checked"] and t > reading_from and g0["initial_decrease"]
             and (has_loss or g0["assumed_loss"] is not None)):
-        # the signal share's first reading: Polyak's start counted the first minibatch's decrease, of which the
-        # expected loss sees the signal's part. The progress ceiling keeps counting the loss's fall from the start
-        # as measured, and never holds the step below the scaled one: the two credits combine by max, not product
-        # (the product let a full fine-tune's step grow 2.2x past its best, ablation v12)
-        factor = noise_scaled_start(raw_fraction, g0["min_variance_factor"], c["secant_after"], c["secant_before"],
-                                    linear_secant(raw_fraction, max(tensors["steps"]), beta1))
-        if factor > 1.0:
-            c["base_scale"] *= factor
-            c["start_floor"] = c["base_scale"]
+        # the first reading of the signal share that can be trusted (a linear loss would read r >= 0.1 there; the
+        # share is estimated from 10 gradients at the end of warmup, and on a new head read 0.000-0.007 at step 11
+        # and 0.03-0.04 by step 12-14), and no later than twice that: Polyak's start counted the first minibatch's
+        # decrease, of which the expected loss sees the signal's part. The progress ceiling keeps counting the
+        # loss's fall from the start as measured, and never holds the step below the scaled one: the two credits
+        # combine by max, not product (the product let a full fine-tune's step grow 2.4x past its best, ablation v12)
+        linear = linear_secant(raw_fraction, max(tensors["steps"]), beta1)
+        trusted = c["secant_before"] > 0.0 and linear >= 1.0 - NOISE_LINEAR_FRACTION
+        if trusted and t <= 2 * reading_from:
+            factor = noise_scaled_start(raw_fraction, g0["min_variance_factor"], c["secant_after"], c["secant_before"],
+                                        linear)
+            if factor > 1.0:
+                c["base_scale"] *= factor
+                c["start_floor"] = c["base_scale"]
+        c["start_checked"] = trusted or t >= 2 * reading_from
     total = g0.get("total_steps")
     # earned_cooldown: the decay waits, past its planned start, for the first step the secant does not grow
     earning = bool(g0["earned_cooldown"] and total and c["cooldown_begun"] is None)

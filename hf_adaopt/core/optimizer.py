@@ -60,8 +60,9 @@ The step of every tensor :math:`i` is
   whose readings are not linear, the ceiling holds as before.
 * **Noise-scaled start** (``noise_scaled_start``, v12): Polyak's start counts the first minibatch's own decrease,
   of which the expected loss sees about the signal share :math:`\rho` (for Gaussian noise
-  :math:`\sum G\,\operatorname{sign}(g) / \sum|g| \approx \rho`). At the end of warmup, when the share is first
-  read, a start whose gradient had less signal than the floor (``min_variance_factor``, 0.1) is scaled by
+  :math:`\sum G\,\operatorname{sign}(g) / \sum|g| \approx \rho`). At the first reading of the share past
+  warmup that can be trusted (within 2x warmup), a start whose gradient has less signal than the floor
+  (``min_variance_factor``, 0.1) is scaled by
   floor / :math:`\rho`, at most 1 / floor, and at most as far as the secant, allowed for its noise, reads room to the
   greedy step (none where the step overshoots). The progress ceiling then never holds the step below the scaled
   start, and still counts the loss's fall from the start as measured. A new head over a frozen body reads
