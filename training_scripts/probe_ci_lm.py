@@ -1,6 +1,12 @@
 """The CI's small LM (tests/test_lr_robustness.py) over seeds: where AdaOpt's step settles, and how it ends.
 
     python training_scripts/probe_ci_lm.py      # writes model_cards/results/ablation/v11/ci_lm_seeds.json
+    python training_scripts/probe_ci_lm.py --rows '{"v12": {}, "v12b": {"variant": "v12b"}}' \
+        --out model_cards/results/ablation/v12/ci_lm_seeds.json [--append]
+
+``--rows``: AdaOpt rows by name, each built with those settings (``hf_adaopt.core._variants.build``: a variant and
+private settings) instead of v11's rows and AdamW's; ``--append`` keeps the file's other rows (a probe's patched
+checkout can add its rows with ``PYTHONPATH``).
 
 The LM of the test (GPT-2, 2 layers, d_model 64, byte-level on CPython's prose, batch 16 x 32, 150 steps, clipping
 1.0, AdaOpt fed the loss, no horizon), seeds 0-3: AdaOpt as it is (the start read before clipping, v11), AdaOpt with
@@ -10,6 +16,7 @@ character and AdaOpt's effective lr at steps 1, 40 and 150.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -31,11 +38,13 @@ def _test_module():
     return module
 
 
-def run(job: tuple[str, float | None, int]) -> dict:
-    """(optimizer, lr, seed): one run of the test's loop, recording AdaOpt's effective lr after every step."""
+def run(job: tuple) -> dict:
+    """(optimizer, lr, seed[, settings]): one run of the test's loop, recording AdaOpt's effective lr after every
+    step; with settings, AdaOpt built from them (``_variants.build``)."""
     from hf_adaopt import AdaOpt
+    from hf_adaopt.core import _variants
 
-    name, lr, seed = job
+    name, lr, seed, *rest = job
     torch.set_num_threads(1)
     test = _test_module()
     lrs: list[float] = []
@@ -43,7 +52,7 @@ def run(job: tuple[str, float | None, int]) -> dict:
     def make(params):
         if name == "adamw":
             return torch.optim.AdamW(params, lr=lr)
-        opt = AdaOpt(params)
+        opt = _variants.build(params, **rest[0]) if rest else AdaOpt(params)
         if name == "adaopt-after-clipping":  # the start read from the clipped gradient, as before v11
             opt._backward_reading.stop()
             opt._backward_reading = None
@@ -57,12 +66,27 @@ def run(job: tuple[str, float | None, int]) -> dict:
     return out
 
 
-def main() -> None:
-    jobs = [(name, None, s) for s in SEEDS for name in ("adaopt", "adaopt-after-clipping")]
-    jobs += [("adamw", lr, s) for s in SEEDS for lr in (1e-3, 3e-3, 1e-2)]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--rows", type=json.loads, default=None, help="JSON: AdaOpt row name -> settings")
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--append", action="store_true", help="keep the other rows already in --out")
+    args = parser.parse_args(argv)
+    if args.rows is None:
+        jobs = [(name, None, s) for s in SEEDS for name in ("adaopt", "adaopt-after-clipping")]
+        jobs += [("adamw", lr, s) for s in SEEDS for lr in (1e-3, 3e-3, 1e-2)]
+    else:
+        jobs = [(name, None, s, settings) for s in SEEDS for name, settings in args.rows.items()]
     with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         runs = list(pool.map(run, jobs))
-    with open(OUT, "w", encoding="utf-8") as f:
+    for job, out in zip(jobs, runs):
+        if len(job) > 3:
+            out["settings"] = job[3]
+    if args.append and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            kept = [r for r in json.load(f)["runs"] if r["optimizer"] not in {j[0] for j in jobs}]
+        runs = kept + runs
+    with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"what": __doc__.strip().splitlines()[0], "steps": _test_module().LM_STEPS, "runs": runs}, f,
                   indent=1)
         f.write("\n")
