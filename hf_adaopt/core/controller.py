@@ -6,6 +6,8 @@
 1. ``finiteness``     -- skip a step whose numbers are not finite; count the fused step's masked elements
 2. ``initial_scale``  -- the first step's base scale d0 (Polyak's step from the loss, or from ``assumed_loss``)
 3. ``signal_shares``  -- the gradient's signal share S/(S+N) per tensor (McCandlish et al. 2018), and the gate
+   ``noise_scaled_start`` -- at the first trusted reading of that share past warmup, d0 scaled by floor / share if
+   below the floor (``linear_secant``: the r a linear loss reads at that share, the secant's noise model)
 4. ``secant_factor``  -- the landscape factor mu from the last step's directional derivatives
 5. ``loss_guard``     -- halve d on a loss spike, and never grow past that again
 6. ``progress_ceiling`` -- d grows past d0 at most as far as the loss has fallen, or while the secant reads linear
