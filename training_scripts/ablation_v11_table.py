@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+from hf_adaopt.lab.render import write_or_check
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model_cards", "results")
 HERE = os.path.join(ROOT, "ablation", "v11")
 WORKLOADS = ("digits-mlp", "mnist-cnn", "charlm", "charlm-noclip", "charlm-long", "finetune", "lora",
@@ -207,13 +209,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = os.path.join(HERE, "README.md")
-    text = render()
-    if "--check" in argv:
-        return int(not os.path.exists(path) or open(path, encoding="utf-8").read() != text)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return 0
+    return write_or_check(os.path.join(HERE, "README.md"), render(), argv)
 
 
 if __name__ == "__main__":

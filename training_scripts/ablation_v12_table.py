@@ -17,6 +17,8 @@ import math
 import os
 import sys
 
+from hf_adaopt.lab.render import write_or_check
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model_cards", "results")
 HERE = os.path.join(ROOT, "ablation", "v12")
 WORKLOADS = ("digits-mlp", "mnist-cnn", "charlm", "charlm-noclip", "charlm-long", "finetune", "lora",
@@ -75,6 +77,12 @@ def variant_table(rows: list[tuple[str, dict]], row: str) -> list[str]:
         met = sum(g >= -1.0 for g in gaps)
         lines.append(f"| {name} | " + " | ".join(out) + f" | {met} of {len(gaps)} | {sum(gaps) / len(gaps):+.2f} |")
     return lines
+
+
+def both_paths(rows: list[tuple[str, dict]]) -> list[str]:
+    """The fed path's table, then the plain path's."""
+    return ["Fed (`AdaOptCallback`):", "", *variant_table(rows, "adaopt"), "",
+            "Plain (no loss):", "", *variant_table(rows, "adaopt-plain")]
 
 
 def readings_table() -> list[str]:
@@ -184,8 +192,7 @@ def render() -> str:
         "its floor: the two credits combine by max. v12 is that, read at the first trusted reading, the factor also "
         "held to the room the secant reads (nothing is scaled where the step overshoots, whose sign-flipping "
         "gradients read as noise too).", "",
-        "Fed (`AdaOptCallback`):", "", *variant_table(start_rows, "adaopt"), "",
-        "Plain (no loss):", "", *variant_table(start_rows, "adaopt-plain"), "",
+        *both_paths(start_rows), "",
         "## The secant allowed for its noise (v12b, not adopted)", "",
         "The secant's ratio r = b/a reads a linear loss as r_lin = rho / (rho + w (1 - rho)), w the last gradient's "
         "weight in Adam's momentum: noise pulls it below the 1/2 of the yield's test wherever the signal share is "
@@ -201,8 +208,7 @@ def render() -> str:
         "`probes-v12c.patch`), the CNN gained on both paths (+1.0 fed, to +0.07; +1.2 plain) and the discriminative "
         "fine-tune too (+0.9, +2.5), but the frozen head lost 2.0 and 3.5 and the plain BiLSTM still 1.4: the fed "
         "mean gap moved from -0.28 to -0.23 over these nine workloads, the plain one from -1.52 to -1.82.", "",
-        "Fed:", "", *variant_table(yield_rows, "adaopt"), "",
-        "Plain:", "", *variant_table(yield_rows, "adaopt-plain"), "",
+        *both_paths(yield_rows), "",
         "## The per-tensor median yield (not adopted)", "",
         "The yield's r is the sum of b over the sum of a across tensors, weighted by each tensor's directional "
         "derivative. On the CI's small LM the embedding's reading kept the sum linear while the attention's qkv "
@@ -221,13 +227,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = os.path.join(HERE, "README.md")
-    text = render()
-    if "--check" in argv:
-        return int(not os.path.exists(path) or open(path, encoding="utf-8").read() != text)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return 0
+    return write_or_check(os.path.join(HERE, "README.md"), render(), argv)
 
 
 if __name__ == "__main__":

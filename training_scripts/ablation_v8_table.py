@@ -14,6 +14,8 @@ import math
 import os
 import sys
 
+from hf_adaopt.lab.render import write_or_check
+
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model_cards", "results", "ablation", "v8")
 WORKLOADS = ("digits-mlp", "mnist-cnn", "charlm", "finetune", "lora", "bilstm")
 # the suite's best-tuned AdamW (model_cards/results/suite/results.json, 3 seeds)
@@ -193,13 +195,7 @@ def secant_bias_paragraph() -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = os.path.join(HERE, "README.md")
-    text = render()
-    if "--check" in argv:
-        return int(not os.path.exists(path) or open(path, encoding="utf-8").read() != text)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return 0
+    return write_or_check(os.path.join(HERE, "README.md"), render(), argv)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import os
+import statistics
 import sys
+
+from hf_adaopt.lab.render import write_or_check
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model_cards", "results", "long-run")
 RUNS = (  # directory, what it is
@@ -103,9 +105,7 @@ def horizon_section() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    with open(os.path.join(HERE, "README.md"), "w", encoding="utf-8") as f:
-        f.write(render())
-    return 0
+    return write_or_check(os.path.join(HERE, "README.md"), render(), argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 
 from hf_adaopt.lab.analysis import REFERENCE, group_label, pct
@@ -292,3 +293,17 @@ def render_markdown(result: dict, plots: Sequence[str]) -> str:
         out += [f"seed {s}: {_fmt_eval_dict(d)}" for s, d in zip(g["seeds"], g["final_eval"], strict=False)]
         out += ["```", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def write_or_check(path: str, text: str, argv: list[str]) -> int:
+    """A committed rendering's command line: write ``text`` to ``path``, or with ``--check`` in ``argv`` write nothing
+    and return 1 if the file differs from ``text`` (or is missing), 0 if it is a fresh render."""
+    if "--check" in argv:
+        if not os.path.exists(path):
+            return 1
+        with open(path, encoding="utf-8") as f:
+            return int(f.read() != text)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return 0
+
